@@ -1,0 +1,16 @@
+// Picks the compute backend for --device: CUDA when built with it and a GPU is present, else CPU.
+#pragma once
+
+#include <memory>
+#include <string>
+
+#include "engine/backend.h"
+
+namespace hyco {
+
+// device: "auto", "cpu" or "cuda". Throws InvalidArgument when "cuda" is asked for and unavailable.
+std::unique_ptr<Backend> make_backend(const std::string& device, int threads);
+// The KV dtype a backend uses unless told otherwise.
+DType default_kv_dtype(const Backend& b);
+
+}  // namespace hyco

@@ -1,0 +1,61 @@
+// `hyco info`: a model's shape, parameter count, attention pattern and KV bytes per token.
+#include <cstdio>
+#include <string>
+
+#include "cli/commands.h"
+#include "engine/errors.h"
+#include "engine/model_config.h"
+#include "engine/safetensors.h"
+
+namespace hyco {
+
+namespace {
+std::string human_bytes(double b) {
+  const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
+  int u = 0;
+  while (b >= 1024 && u < 4) {
+    b /= 1024;
+    ++u;
+  }
+  char buf[32];
+  std::snprintf(buf, sizeof buf, u ? "%.2f %s" : "%.0f %s", b, units[u]);
+  return buf;
+}
+}  // namespace
+
+int run_info(const InfoArgs& a) {
+  std::string dir = a.preset.empty() ? (a.engine.model.empty() ? default_model_dir() : a.engine.model) : "";
+  ModelConfig c = a.preset.empty() ? load_model_config(dir) : load_model_config(preset_path(a.preset));
+  if (!a.engine.attention.empty()) apply_attention_override(c, parse_attention_override(a.engine.attention));
+  std::printf("model         %s\n", a.preset.empty() ? dir.c_str() : ("preset " + a.preset).c_str());
+  std::printf("architecture  %s (%s)\n", c.architecture.c_str(), c.family.c_str());
+  std::printf("parameters    %.2f M\n", double(c.n_params()) / 1e6);
+  std::printf("vocab         %d\n", c.n_vocab);
+  std::printf("hidden        %d, %d layers, SwiGLU %d\n", c.d_model, c.n_layers, c.d_ff);
+  std::printf("attention     %d heads x %d (width %d), %d kv heads (width %d)%s%s\n", c.n_heads, c.head_dim,
+              c.q_width(), c.n_kv_heads, c.kv_width(), c.qkv_bias ? ", qkv bias" : "", c.o_bias ? ", o bias" : "");
+  std::printf("pattern       %s  (%d local, %d global)\n", c.pattern_string().c_str(), c.n_layers_of(LayerKind::Local),
+              c.n_layers_of(LayerKind::Global));
+  if (c.n_layers_of(LayerKind::Local)) std::printf("window        %d, %d attention sinks\n", c.window, c.n_sinks);
+  std::printf("rope          theta %g, scale %g; rms eps %g; tied embeddings %s\n", c.rope_theta, c.rope_scale,
+              double(c.rms_eps), c.tie_embeddings ? "yes" : "no");
+  if (c.n_ctx_train) std::printf("context       %d (max_position_embeddings)\n", c.n_ctx_train);
+  const size_t elem = 2;  // bf16/f16 KV; f32 doubles every figure
+  std::printf("KV per token  %s at bf16 in global layers; local layers hold at most %d positions\n",
+              human_bytes(double(2 * int64_t(c.kv_width()) * elem * c.n_layers_of(LayerKind::Global))).c_str(),
+              c.window + c.n_sinks + a.engine.kv_rollback);
+  std::printf("KV per sequence (bf16, rollback reserve %d):\n", a.engine.kv_rollback);
+  for (int64_t n : {1024, 4096, 8192, 16384, 32768, 131072}) {
+    int64_t b = c.kv_bytes(n, elem, a.engine.kv_rollback);
+    std::printf("  %7lld tokens  %12s  (%s/token)\n", (long long)n, human_bytes(double(b)).c_str(),
+                human_bytes(double(b) / double(n)).c_str());
+  }
+  if (a.preset.empty()) {
+    TensorStore s = TensorStore::open_dir(dir);
+    std::printf("weights       %s in %zu tensors (%s)\n", human_bytes(double(s.total_bytes())).c_str(),
+                s.tensors().size(), s.describe().c_str());
+  }
+  return 0;
+}
+
+}  // namespace hyco

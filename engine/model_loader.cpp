@@ -1,0 +1,211 @@
+// Building a Model: from an HF-layout directory (every tensor checked for presence, shape and
+// dtype; unexpected tensors rejected) or with random weights of a given shape for benchmarks.
+// Fuses q/k/v and gate/up into one matrix each, so a layer is four matmuls.
+#include <chrono>
+#include <cmath>
+#include <cstring>
+#include <map>
+#include <random>
+#include <set>
+
+#include "engine/errors.h"
+#include "engine/model.h"
+#include "engine/safetensors.h"
+
+namespace hyco {
+
+// A host-side tensor source: either a checked file tensor or generated values.
+class ModelLoader {
+ public:
+  ModelLoader(Model& m, const LoadOptions& opts) : m_(m), opts_(opts) {}
+
+  void from_store(const TensorStore& store, const std::string& dir) {
+    const ModelConfig& c = m_.cfg_;
+    std::set<std::string> used;
+    auto get = [&](const std::string& name, std::vector<int64_t> shape) -> const TensorInfo& {
+      const TensorInfo* t = store.find(name);
+      if (!t) throw ModelError(dir + " (" + store.describe() + "): missing tensor '" + name + "'");
+      if (t->shape != shape) {
+        TensorInfo want;
+        want.shape = shape;
+        throw ModelError(t->file + ": tensor '" + name + "' has shape " + t->shape_string() + ", expected " +
+                         want.shape_string());
+      }
+      if (t->dtype == DType::I32) throw ModelError(t->file + ": tensor '" + name + "' has integer dtype I32");
+      used.insert(name);
+      return *t;
+    };
+    total_bytes_ = int64_t(store.total_bytes());
+    total_tensors_ = int(store.tensors().size());
+    start_ = std::chrono::steady_clock::now();
+
+    const int64_t D = c.d_model, F = c.d_ff, V = c.n_vocab, QW = c.q_width(), KW = c.kv_width();
+    const TensorInfo& emb = get("model.embed_tokens.weight", {V, D});
+    m_.matrix_dtype_ = opts_.matrix_dtype.value_or(m_.backend_.default_matrix_dtype(emb.dtype));
+    m_.embed_ = matrix({&emb});
+    if (c.tie_embeddings) {
+      m_.lm_head_ = m_.embed_;
+      if (store.find("lm_head.weight")) used.insert("lm_head.weight");  // some exports keep the tied copy
+    } else {
+      m_.lm_head_ = matrix({&get("lm_head.weight", {V, D})});
+    }
+    m_.final_norm_ = vector({&get("model.norm.weight", {D})});
+    m_.layers_.resize(size_t(c.n_layers));
+    for (int l = 0; l < c.n_layers; ++l) {
+      const std::string p = "model.layers." + std::to_string(l) + ".";
+      Model::Layer& L = m_.layers_[size_t(l)];
+      L.attn_norm = vector({&get(p + "input_layernorm.weight", {D})});
+      L.wqkv = matrix({&get(p + "self_attn.q_proj.weight", {QW, D}), &get(p + "self_attn.k_proj.weight", {KW, D}),
+                       &get(p + "self_attn.v_proj.weight", {KW, D})});
+      if (c.qkv_bias)
+        L.bqkv = vector({&get(p + "self_attn.q_proj.bias", {QW}), &get(p + "self_attn.k_proj.bias", {KW}),
+                         &get(p + "self_attn.v_proj.bias", {KW})});
+      L.wo = matrix({&get(p + "self_attn.o_proj.weight", {D, QW})});
+      if (c.o_bias) L.bo = vector({&get(p + "self_attn.o_proj.bias", {D})});
+      L.mlp_norm = vector({&get(p + "post_attention_layernorm.weight", {D})});
+      L.w_gate_up = matrix({&get(p + "mlp.gate_proj.weight", {F, D}), &get(p + "mlp.up_proj.weight", {F, D})});
+      L.w_down = matrix({&get(p + "mlp.down_proj.weight", {D, F})});
+    }
+    for (const auto& [name, t] : store.tensors()) {
+      if (used.count(name)) continue;
+      if (name.size() > 22 && name.compare(name.size() - 22, 22, ".rotary_emb.inv_freq") == 0) continue;
+      throw ModelError(t.file + ": unexpected tensor '" + name + "' (not part of a " + c.architecture + " with " +
+                       std::to_string(c.n_layers) + " layers" +
+                       (c.qkv_bias ? "" : " without q/k/v bias") + ")");
+    }
+  }
+
+  void random(uint64_t seed) {
+    const ModelConfig& c = m_.cfg_;
+    m_.matrix_dtype_ = opts_.matrix_dtype.value_or(m_.backend_.default_matrix_dtype(DType::BF16));
+    std::mt19937_64 rng(seed);
+    auto mat = [&](int64_t rows, int64_t cols) {
+      std::vector<uint16_t> v(size_t(rows * cols));
+      fill_random(v, rng(), 1.0f / std::sqrt(float(cols)));
+      HostTensor h{v.data(), DType::BF16, rows, cols};
+      Tensor t = m_.backend_.upload_weight(h, WeightRole::Matrix, m_.matrix_dtype_);
+      m_.weight_bytes_ += int64_t(t.n_bytes());
+      return t;
+    };
+    auto ones = [&](int64_t n) {
+      std::vector<float> v(size_t(n), 1.0f);
+      HostTensor h{v.data(), DType::F32, 1, n};
+      return m_.backend_.upload_weight(h, WeightRole::Vector, DType::F32);
+    };
+    const int64_t D = c.d_model, F = c.d_ff, V = c.n_vocab;
+    m_.embed_ = mat(V, D);
+    m_.lm_head_ = c.tie_embeddings ? m_.embed_ : mat(V, D);
+    m_.final_norm_ = ones(D);
+    m_.layers_.resize(size_t(c.n_layers));
+    for (auto& L : m_.layers_) {
+      L.attn_norm = ones(D);
+      L.wqkv = mat(c.qkv_width(), D);
+      if (c.qkv_bias) L.bqkv = ones(c.qkv_width());
+      L.wo = mat(D, c.q_width());
+      if (c.o_bias) L.bo = ones(D);
+      L.mlp_norm = ones(D);
+      L.w_gate_up = mat(2 * F, D);
+      L.w_down = mat(D, F);
+    }
+  }
+
+ private:
+  // Uniform with the given standard deviation, as bf16 (fast; benchmarks only).
+  static void fill_random(std::vector<uint16_t>& v, uint64_t seed, float stddev) {
+    uint64_t s = seed | 1;
+    const float scale = stddev * std::sqrt(3.0f) / float(1u << 23);
+    for (auto& x : v) {
+      s ^= s << 13;
+      s ^= s >> 7;
+      s ^= s << 17;
+      float u = float(int32_t(uint32_t(s >> 40)) - (1 << 23)) * scale;
+      x = f32_to_bf16(u);
+    }
+  }
+
+  // Concatenates the parts' rows in one host buffer when there is more than one.
+  HostTensor concat(const std::vector<const TensorInfo*>& parts, std::vector<uint8_t>& buf) {
+    int64_t cols = parts[0]->shape.size() == 2 ? parts[0]->shape[1] : parts[0]->shape[0];
+    int64_t rows = 0;
+    bool same = true;
+    for (auto* p : parts) {
+      rows += p->shape.size() == 2 ? p->shape[0] : 1;
+      same = same && p->dtype == parts[0]->dtype;
+    }
+    if (parts[0]->shape.size() == 1) {  // vectors: concatenate along their only axis
+      cols = 0;
+      for (auto* p : parts) cols += p->shape[0];
+      rows = 1;
+    }
+    if (parts.size() == 1) return HostTensor{parts[0]->data, parts[0]->dtype, rows, cols};
+    DType dt = same ? parts[0]->dtype : DType::F32;
+    buf.resize(size_t(rows * cols) * dtype_size(dt));
+    uint8_t* dst = buf.data();
+    for (auto* p : parts) {
+      if (same) {
+        std::memcpy(dst, p->data, p->n_bytes);
+        dst += p->n_bytes;
+      } else {
+        float* f = reinterpret_cast<float*>(dst);
+        for (int64_t i = 0; i < p->n_elements(); ++i) {
+          const uint16_t* h = reinterpret_cast<const uint16_t*>(p->data);
+          f[i] = p->dtype == DType::F32 ? reinterpret_cast<const float*>(p->data)[i]
+                                        : (p->dtype == DType::BF16 ? bf16_to_f32(h[i]) : f16_to_f32(h[i]));
+        }
+        dst += p->n_elements() * 4;
+      }
+    }
+    return HostTensor{buf.data(), dt, rows, cols};
+  }
+
+  Tensor matrix(const std::vector<const TensorInfo*>& parts) { return upload(parts, WeightRole::Matrix); }
+  Tensor vector(const std::vector<const TensorInfo*>& parts) { return upload(parts, WeightRole::Vector); }
+
+  Tensor upload(const std::vector<const TensorInfo*>& parts, WeightRole role) {
+    std::vector<uint8_t> buf;
+    HostTensor h = concat(parts, buf);
+    Tensor t = m_.backend_.upload_weight(h, role, role == WeightRole::Matrix ? m_.matrix_dtype_ : DType::F32);
+    m_.weight_bytes_ += int64_t(t.n_bytes());
+    for (auto* p : parts) {
+      done_bytes_ += int64_t(p->n_bytes);
+      ++done_tensors_;
+    }
+    if (opts_.progress) {
+      LoadProgress lp;
+      lp.bytes_done = done_bytes_;
+      lp.bytes_total = total_bytes_;
+      lp.tensors_done = done_tensors_;
+      lp.tensors_total = total_tensors_;
+      lp.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
+      opts_.progress(lp);
+    }
+    return t;
+  }
+
+  Model& m_;
+  const LoadOptions& opts_;
+  int64_t total_bytes_ = 0, done_bytes_ = 0;
+  int total_tensors_ = 0, done_tensors_ = 0;
+  std::chrono::steady_clock::time_point start_;
+};
+
+std::unique_ptr<Model> Model::load(const std::string& dir, Backend& backend, const LoadOptions& opts) {
+  ModelConfig cfg = load_model_config(dir);
+  if (opts.attention) apply_attention_override(cfg, *opts.attention);
+  TensorStore store = TensorStore::open_dir(dir);
+  std::unique_ptr<Model> m(new Model(cfg, backend));
+  ModelLoader(*m, opts).from_store(store, dir);
+  return m;
+}
+
+std::unique_ptr<Model> Model::random(const ModelConfig& cfg, Backend& backend, uint64_t seed,
+                                     std::optional<DType> matrix_dtype) {
+  validate_model_config(cfg, "random model");
+  std::unique_ptr<Model> m(new Model(cfg, backend));
+  LoadOptions opts;
+  opts.matrix_dtype = matrix_dtype;
+  ModelLoader(*m, opts).random(seed);
+  return m;
+}
+
+}  // namespace hyco

@@ -1,0 +1,355 @@
+// The CPU backend: memory, weight packing, op dispatch to the ISA variant chosen at start, and
+// the split of each op over the thread pool. The reference every other backend is checked against.
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "engine/backend.h"
+#include "engine/errors.h"
+#include "kernels/cpu/cpu_kernels.h"
+#include "kernels/cpu/thread_pool.h"
+
+namespace hyco {
+namespace cpu {
+namespace {
+
+bool machine_has(const std::string& isa) {
+  __builtin_cpu_init();
+  if (isa == "avx512")
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+           __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512bf16");
+  if (isa == "avx2")
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+  return isa == "base";
+}
+
+const CpuKernels& pick_kernels(std::string isa) {
+  if (isa.empty())
+    if (const char* force = std::getenv("HYCO_CPU_ISA")) isa = force;
+  if (!isa.empty()) {
+    if (isa != "avx512" && isa != "avx2" && isa != "base")
+      throw InvalidArgument("unknown CPU kernel variant '" + isa + "' (avx512, avx2, base)");
+    if (!machine_has(isa)) throw InvalidArgument("this CPU cannot run the " + isa + " kernels");
+    return isa == "avx512" ? kKernelsAvx512 : isa == "avx2" ? kKernelsAvx2 : kKernelsBase;
+  }
+  if (machine_has("avx512")) return kKernelsAvx512;
+  if (machine_has("avx2")) return kKernelsAvx2;
+  return kKernelsBase;
+}
+
+float load_as_f32(const void* base, DType t, int64_t i) {
+  switch (t) {
+    case DType::F32: return static_cast<const float*>(base)[i];
+    case DType::BF16: return bf16_to_f32(static_cast<const uint16_t*>(base)[i]);
+    case DType::F16: return f16_to_f32(static_cast<const uint16_t*>(base)[i]);
+    case DType::I32: return float(static_cast<const int32_t*>(base)[i]);
+  }
+  return 0.0f;
+}
+
+uint16_t load_as_bf16(const void* base, DType t, int64_t i) {
+  if (t == DType::BF16) return static_cast<const uint16_t*>(base)[i];
+  return f32_to_bf16(load_as_f32(base, t, i));
+}
+
+int64_t n_panels(int64_t n) { return (n + kPanel - 1) / kPanel; }
+
+class CpuBackend final : public Backend {
+ public:
+  CpuBackend(int n_threads, const std::string& isa)
+      : pool_(n_threads > 0 ? n_threads : int(std::max(1u, std::thread::hardware_concurrency()))),
+        k_(&pick_kernels(isa)),
+        scratch_(pool_.size()) {}
+
+  std::string name() const override { return "cpu"; }
+  std::string describe() const override {
+    return std::string("cpu (") + k_->name + " kernels, " + std::to_string(pool_.size()) + " threads)";
+  }
+
+  DType default_matrix_dtype(DType file_dtype) const override {
+    return file_dtype == DType::BF16 ? DType::BF16 : DType::F32;
+  }
+  bool supports_kv_dtype(DType t) const override { return t == DType::F32 || t == DType::BF16; }
+
+  Tensor alloc(DType dtype, int64_t rows, int64_t cols) override {
+    Tensor t;
+    t.dtype = dtype;
+    t.rows = rows;
+    t.cols = cols;
+    t.owner = raw_alloc(t.n_bytes());
+    t.data = t.owner.get();
+    return t;
+  }
+
+  Tensor upload_weight(const HostTensor& src, WeightRole role, DType dtype) override {
+    if (role == WeightRole::Vector) {
+      Tensor t = alloc(DType::F32, src.rows, src.cols);
+      float* d = static_cast<float*>(t.data);
+      for (int64_t i = 0; i < src.rows * src.cols; ++i) d[i] = load_as_f32(src.data, src.dtype, i);
+      return t;
+    }
+    const int64_t N = src.rows, K = src.cols, P = n_panels(N);
+    Tensor t;
+    t.rows = N;
+    t.cols = K;
+    t.layout = Layout::Packed;
+    if (dtype == DType::BF16) {
+      const int64_t Kp = (K + 1) & ~int64_t(1);
+      t.dtype = DType::BF16;
+      t.owner = raw_alloc(size_t(P * Kp * kPanel) * 2);
+      t.data = t.owner.get();
+      uint16_t* w = static_cast<uint16_t*>(t.data);
+      pool_.run([&](int ith, int nth) {
+        for (int64_t n = ith; n < N; n += nth) {
+          uint16_t* panel = w + (n / kPanel) * Kp * kPanel;
+          for (int64_t k = 0; k < K; ++k)
+            panel[(k / 2) * 2 * kPanel + (n % kPanel) * 2 + (k % 2)] = load_as_bf16(src.data, src.dtype, n * K + k);
+        }
+      });
+    } else {
+      t.dtype = DType::F32;
+      t.owner = raw_alloc(size_t(P * K * kPanel) * 4);
+      t.data = t.owner.get();
+      float* w = static_cast<float*>(t.data);
+      pool_.run([&](int ith, int nth) {
+        for (int64_t n = ith; n < N; n += nth) {
+          float* panel = w + (n / kPanel) * K * kPanel;
+          for (int64_t k = 0; k < K; ++k) panel[k * kPanel + (n % kPanel)] = load_as_f32(src.data, src.dtype, n * K + k);
+        }
+      });
+    }
+    return t;
+  }
+
+  void download(const Tensor& src, void* dst) override {
+    HYCO_ASSERT(src.layout == Layout::RowMajor);
+    std::memcpy(dst, src.data, src.n_bytes());
+  }
+
+  size_t bytes_allocated() const override { return allocated_->load(); }
+
+  void begin_step(const StepMeta& meta) override {
+    meta_ = meta;
+    ++step_;
+  }
+
+  void embed(const Tensor& table, Tensor& out) override {
+    HYCO_ASSERT(out.rows == meta_.n_tokens && out.cols == table.cols && out.dtype == DType::F32);
+    const int64_t K = table.cols;
+    for (int32_t i = 0; i < meta_.n_tokens; ++i) {
+      int64_t n = meta_.tokens[i];
+      HYCO_ASSERT(n >= 0 && n < table.rows);
+      float* o = static_cast<float*>(out.data) + i * K;
+      if (table.layout == Layout::RowMajor) {
+        for (int64_t k = 0; k < K; ++k) o[k] = load_as_f32(table.data, table.dtype, n * K + k);
+      } else if (table.dtype == DType::BF16) {
+        const int64_t Kp = (K + 1) & ~int64_t(1);
+        const uint16_t* panel = static_cast<const uint16_t*>(table.data) + (n / kPanel) * Kp * kPanel;
+        for (int64_t k = 0; k < K; ++k) o[k] = bf16_to_f32(panel[(k / 2) * 2 * kPanel + (n % kPanel) * 2 + (k % 2)]);
+      } else {
+        const float* panel = static_cast<const float*>(table.data) + (n / kPanel) * K * kPanel;
+        for (int64_t k = 0; k < K; ++k) o[k] = panel[k * kPanel + (n % kPanel)];
+      }
+    }
+  }
+
+  void rms_norm(const Tensor& x, const Tensor& w, float eps, Tensor& out) override {
+    HYCO_ASSERT(x.cols == w.cols && out.cols == x.cols && out.rows == x.rows);
+    rows_parallel(x.rows, x.cols, [&](int64_t r0, int64_t r1) {
+      k_->rms_norm(static_cast<const float*>(x.data), static_cast<const float*>(w.data), eps, x.cols,
+                   static_cast<float*>(out.data), r0, r1);
+    });
+  }
+
+  void matmul(const Tensor& x, const Tensor& w, const Tensor& bias, Tensor& out, bool accumulate) override {
+    HYCO_ASSERT(w.layout == Layout::Packed && x.cols == w.cols && out.rows == x.rows && out.cols == w.rows);
+    GemmArgs g;
+    g.x = static_cast<const float*>(x.data);
+    g.ldx = x.cols;
+    g.w = w.data;
+    g.M = x.rows;
+    g.N = w.rows;
+    g.K = w.cols;
+    g.bias = bias.empty() ? nullptr : static_cast<const float*>(bias.data);
+    g.out = static_cast<float*>(out.data);
+    g.ldo = out.cols;
+    g.accumulate = accumulate;
+    const bool bf16 = w.dtype == DType::BF16;
+    if (bf16) {
+      g.Kp = (g.K + 1) & ~int64_t(1);
+      g.ldxb = g.Kp / 2;
+      if (xb_.size() < size_t(g.M * g.ldxb)) xb_.resize(size_t(g.M * g.ldxb));
+      g.xb = xb_.data();
+      rows_parallel(g.M, g.K, [&](int64_t r0, int64_t r1) { k_->round_rows_bf16(g, r0, r1); });
+    }
+    auto gemm = bf16 ? k_->gemm_bf16 : k_->gemm_f32;
+    const int64_t P = n_panels(g.N);
+    const int nth = pool_.size();
+    if (g.M * g.N * g.K < 32 * 1024) {  // too small to share
+      gemm(g, 0, P, 0, g.M);
+      return;
+    }
+    pool_.run([&](int ith, int n) {
+      if (P >= 2 * n || g.M < 2 * 6) {
+        gemm(g, P * ith / n, P * (ith + 1) / n, 0, g.M);
+      } else {
+        int64_t blocks = (g.M + 5) / 6;
+        gemm(g, 0, P, std::min(g.M, blocks * ith / n * 6), std::min(g.M, blocks * (ith + 1) / n * 6));
+      }
+    });
+    (void)nth;
+  }
+
+  void rope(const RopeParams& p) override {
+    const int half = p.head_dim / 2;
+    if (rope_step_ != step_ || rope_hd_ != p.head_dim || rope_theta_ != p.theta || rope_scale_ != p.scale) {
+      rope_step_ = step_;
+      rope_hd_ = p.head_dim;
+      rope_theta_ = p.theta;
+      rope_scale_ = p.scale;
+      cos_.resize(size_t(meta_.n_tokens) * half);
+      sin_.resize(size_t(meta_.n_tokens) * half);
+      for (int32_t t = 0; t < meta_.n_tokens; ++t)
+        for (int i = 0; i < half; ++i) {
+          double inv_freq = std::pow(p.theta, -2.0 * i / p.head_dim);
+          double a = double(meta_.positions[t]) / p.scale * inv_freq;
+          cos_[size_t(t) * half + i] = float(std::cos(a));
+          sin_[size_t(t) * half + i] = float(std::sin(a));
+        }
+    }
+    rows_parallel(meta_.n_tokens, int64_t(p.n_rot_heads) * p.head_dim,
+                  [&](int64_t r0, int64_t r1) { k_->rope(p, cos_.data(), sin_.data(), r0, r1); });
+  }
+
+  void attention(const AttentionParams& p) override {
+    const int n_rep = p.n_heads / p.n_kv_heads;
+    HYCO_ASSERT(n_rep <= kMaxRows);
+    const int tq = kMaxRows / n_rep;
+    tasks_.clear();
+    for (int32_t s = 0; s < p.meta.n_spans; ++s)
+      for (int32_t t0 = 0; t0 < p.meta.spans[s].n_tokens; t0 += tq)
+        for (int32_t g = 0; g < p.n_kv_heads; ++g)
+          tasks_.push_back({s, g, t0, std::min(t0 + tq, p.meta.spans[s].n_tokens)});
+    const size_t need = size_t(attention_scratch_floats(p.head_dim));
+    for (auto& s : scratch_)
+      if (s.size() < need) s.resize(need);
+    // Largest first: causal tiles late in a long prompt cost the most.
+    if (tasks_.size() == 1) {
+      const Task& t = tasks_[0];
+      k_->attention_task(p, t.s, t.g, t.t0, t.t1, scratch_[0].data());
+      return;
+    }
+    pool_.run_tasks(int64_t(tasks_.size()), [&](int64_t i, int ith) {
+      const Task& t = tasks_[tasks_.size() - 1 - size_t(i)];
+      k_->attention_task(p, t.s, t.g, t.t0, t.t1, scratch_[ith].data());
+    });
+  }
+
+  void store_kv(const StoreKvParams& p) override {
+    const int64_t kvw = int64_t(p.n_kv_heads) * p.head_dim;
+    for (int32_t s = 0; s < p.meta.n_spans; ++s) {
+      const SeqSpan& sp = p.meta.spans[s];
+      const int32_t* table = p.layout.local ? nullptr : p.meta.global_tables + int64_t(sp.table_row) * p.meta.table_stride;
+      const int32_t end = sp.pos0 + sp.n_tokens;
+      for (int32_t t = 0; t < sp.n_tokens; ++t) {
+        const int32_t pos = sp.pos0 + t;
+        // A ring position that a later token of this step overwrites need not be written.
+        if (p.layout.local && pos >= p.layout.n_sinks && pos < end - p.layout.ring_len) continue;
+        const int64_t slot = kv_slot(p.layout, sp, table, pos);
+        const float* row = p.qkv + int64_t(sp.tok_start + t) * p.qkv_stride;
+        const float* k = row + int64_t(p.n_heads) * p.head_dim;
+        const float* v = k + kvw;
+        if (p.kv_dtype == DType::BF16) {
+          uint16_t* kd = static_cast<uint16_t*>(p.k_cache) + slot * kvw;
+          uint16_t* vd = static_cast<uint16_t*>(p.v_cache) + slot * kvw;
+          for (int64_t i = 0; i < kvw; ++i) kd[i] = f32_to_bf16(k[i]);
+          for (int64_t i = 0; i < kvw; ++i) vd[i] = f32_to_bf16(v[i]);
+        } else {
+          std::memcpy(static_cast<float*>(p.k_cache) + slot * kvw, k, size_t(kvw) * 4);
+          std::memcpy(static_cast<float*>(p.v_cache) + slot * kvw, v, size_t(kvw) * 4);
+        }
+      }
+    }
+  }
+
+  void swiglu(const Tensor& gate_up, Tensor& out) override {
+    HYCO_ASSERT(gate_up.cols == 2 * out.cols && gate_up.rows == out.rows);
+    rows_parallel(out.rows, out.cols * 8, [&](int64_t r0, int64_t r1) {
+      k_->swiglu(static_cast<const float*>(gate_up.data), out.cols, static_cast<float*>(out.data), r0, r1);
+    });
+  }
+
+  void gather_rows(const Tensor& x, Tensor& out) override {
+    HYCO_ASSERT(out.rows == meta_.n_out && out.cols == x.cols);
+    for (int32_t i = 0; i < meta_.n_out; ++i)
+      std::memcpy(static_cast<float*>(out.data) + int64_t(i) * x.cols,
+                  static_cast<const float*>(x.data) + int64_t(meta_.out_rows[i]) * x.cols, size_t(x.cols) * 4);
+  }
+
+  void sync() override {}
+
+ private:
+  struct Task {
+    int32_t s, g, t0, t1;
+  };
+
+  std::shared_ptr<void> raw_alloc(size_t bytes) {
+    size_t sz = (bytes + 63) & ~size_t(63);
+    if (sz == 0) sz = 64;
+    void* p = std::aligned_alloc(64, sz);
+    if (!p) throw ResourceExhausted("cpu backend: out of memory allocating " + std::to_string(bytes) + " bytes");
+    std::memset(p, 0, sz);
+    *allocated_ += sz;
+    auto counter = allocated_;
+    return std::shared_ptr<void>(p, [counter, sz](void* q) {
+      *counter -= sz;
+      std::free(q);
+    });
+  }
+
+  // Splits rows over the pool when the work is worth a wake-up (cost ≈ rows × cols).
+  template <class F>
+  void rows_parallel(int64_t rows, int64_t cols, F&& f) {
+    if (rows < 2 || rows * cols < 64 * 1024) {
+      f(0, rows);
+      return;
+    }
+    pool_.run([&](int ith, int nth) {
+      int64_t r0 = rows * ith / nth, r1 = rows * (ith + 1) / nth;
+      if (r0 < r1) f(r0, r1);
+    });
+  }
+
+  ThreadPool pool_;
+  const CpuKernels* k_;
+  std::vector<std::vector<float>> scratch_;
+  std::vector<uint32_t> xb_;
+  std::vector<Task> tasks_;
+  std::vector<float> cos_, sin_;
+  uint64_t rope_step_ = 0;
+  int rope_hd_ = 0;
+  double rope_theta_ = 0, rope_scale_ = 0;
+  StepMeta meta_;
+  uint64_t step_ = 0;
+  std::shared_ptr<std::atomic<size_t>> allocated_ = std::make_shared<std::atomic<size_t>>(0);
+};
+
+}  // namespace
+}  // namespace cpu
+
+std::unique_ptr<Backend> make_cpu_backend(int n_threads, const std::string& isa) {
+  return std::make_unique<cpu::CpuBackend>(n_threads, isa);
+}
+
+std::vector<std::string> cpu_isa_variants() {
+  std::vector<std::string> v;
+  for (const char* isa : {"avx512", "avx2", "base"})
+    if (cpu::machine_has(isa)) v.push_back(isa);
+  return v;
+}
+
+}  // namespace hyco

@@ -1,0 +1,60 @@
+// CPU kernel entry points, compiled once per instruction-set variant (avx512, avx2, base) from
+// cpu_kernels_impl.cpp and chosen at run time. Plain pointers and sizes only.
+// NOTE: variant TUs must not instantiate std templates (their COMDAT copies would leak AVX-512
+// code into the other variants), so everything here is C-like.
+#pragma once
+
+#include <cstdint>
+
+#include "engine/ops.h"
+
+namespace hyco::cpu {
+
+// Matmul weights are packed in panels of kPanel output columns:
+//   f32:  panel p = [K][kPanel]                     element (n, k) at p*K*kPanel + k*kPanel + n%kPanel
+//   bf16: panel p = [Kp/2][kPanel][2], Kp = K rounded up to even:
+//                                                   element (n, k) at p*Kp*kPanel + (k/2)*2*kPanel + (n%kPanel)*2 + k%2
+// Padding rows/columns are zero.
+constexpr int kPanel = 64;
+constexpr int kMaxRows = 32;  // attention: query rows (tokens × heads of one kv head) per task; ≥ n_heads/n_kv_heads
+constexpr int kKeyTile = 64;  // attention: keys per tile
+
+struct GemmArgs {
+  const float* x = nullptr;      // [M, K] f32, row stride ldx
+  int64_t ldx = 0;
+  const uint32_t* xb = nullptr;  // bf16 path: x rounded to bf16, as pairs [M, Kp/2], row stride ldxb
+  int64_t ldxb = 0;
+  const void* w = nullptr;  // packed panels
+  int64_t M = 0, N = 0, K = 0, Kp = 0;
+  const float* bias = nullptr;  // [N] or null
+  float* out = nullptr;         // [M, N], row stride ldo
+  int64_t ldo = 0;
+  bool accumulate = false;
+};
+
+// Floats of per-thread scratch the attention kernel needs for head_dim hd.
+inline int64_t attention_scratch_floats(int hd) {
+  return 2 * kMaxRows * hd + 2 * int64_t(hd) * kKeyTile + kMaxRows * kKeyTile + 2 * kMaxRows + 64;
+}
+
+struct CpuKernels {
+  const char* name;
+  // out[m0:m1, panels p0:p1] of x · wᵀ
+  void (*gemm_f32)(const GemmArgs& a, int64_t p0, int64_t p1, int64_t m0, int64_t m1);
+  void (*gemm_bf16)(const GemmArgs& a, int64_t p0, int64_t p1, int64_t m0, int64_t m1);
+  // xb[m] = bf16 pairs of x[m] for m in [m0, m1)
+  void (*round_rows_bf16)(const GemmArgs& a, int64_t m0, int64_t m1);
+  // One task: query tokens [t0, t1) of span s against kv head g.
+  void (*attention_task)(const AttentionParams& p, int32_t s, int32_t g, int32_t t0, int32_t t1, float* scratch);
+  void (*rms_norm)(const float* x, const float* w, float eps, int64_t D, float* out, int64_t r0, int64_t r1);
+  // gate_up rows [gate(F) | up(F)] → out rows (F)
+  void (*swiglu)(const float* gate_up, int64_t F, float* out, int64_t r0, int64_t r1);
+  // rotate rows [r0, r1) of p.qkv with a table of cos/sin [n_tokens, head_dim/2] each
+  void (*rope)(const RopeParams& p, const float* cos_t, const float* sin_t, int64_t r0, int64_t r1);
+};
+
+extern const CpuKernels kKernelsAvx512;
+extern const CpuKernels kKernelsAvx2;
+extern const CpuKernels kKernelsBase;
+
+}  // namespace hyco::cpu

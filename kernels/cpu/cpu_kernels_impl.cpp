@@ -1,0 +1,461 @@
+// CPU kernels: packed GEMM (f32 and bf16 weights), flash-style attention over rings and paged
+// blocks, RMSNorm, SwiGLU, RoPE. Compiled once per ISA variant (HYCO_CPU_VARIANT); plain C++ that
+// the compiler vectorises, plus AVX-512 (BF16) micro-kernels where the variant has them.
+// NOTE: no std templates here (see cpu_kernels.h); every row's arithmetic is independent of the
+// other rows in the batch, so a token gives bit-identical results alone or in a batch.
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+
+#include "kernels/cpu/cpu_kernels.h"
+
+#ifndef HYCO_CPU_VARIANT
+#error "HYCO_CPU_VARIANT must name the variant (avx512, avx2, base)"
+#endif
+
+namespace hyco::cpu {
+namespace HYCO_CPU_VARIANT {
+namespace {
+
+inline int64_t imin(int64_t a, int64_t b) { return a < b ? a : b; }
+inline int64_t imax(int64_t a, int64_t b) { return a > b ? a : b; }
+
+inline float bf16f(uint16_t h) {
+  uint32_t u = uint32_t(h) << 16;
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+inline uint16_t to_bf16(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  if ((u & 0x7fffffffu) > 0x7f800000u) return uint16_t((u >> 16) | 0x40);
+  u += 0x7fffu + ((u >> 16) & 1u);
+  return uint16_t(u >> 16);
+}
+
+// exp(x) to ~2 ulp, vectorisable: 2^n · p(r) with Cody–Waite reduction and a degree-7 Taylor
+// polynomial (|r| ≤ ln2/2 gives a truncation error below 5e-9 relative).
+inline float fast_exp(float x) {
+  x = x < -87.0f ? -87.0f : (x > 88.0f ? 88.0f : x);
+  float n = __builtin_nearbyintf(x * 1.44269504088896341f);
+  float r = x - n * 0.693145751953125f;
+  r = r - n * 1.42860682030941723212e-6f;
+  float p = 1.0f / 5040.0f;
+  p = p * r + 1.0f / 720.0f;
+  p = p * r + 1.0f / 120.0f;
+  p = p * r + 1.0f / 24.0f;
+  p = p * r + 1.0f / 6.0f;
+  p = p * r + 0.5f;
+  p = p * r + 1.0f;
+  p = p * r + 1.0f;
+  int32_t e = int32_t(n) + 127;
+  uint32_t bits = uint32_t(e) << 23;
+  float s;
+  std::memcpy(&s, &bits, 4);
+  return p * s;
+}
+
+// ---- GEMM micro-kernels ------------------------------------------------------------------------
+// c[MR rows, kPanel cols] (+)= a[MR, K] · panel; nvalid ≤ kPanel columns are stored.
+
+inline void store_tile(const float* acc, int mr, float* c, int64_t ldc, int nvalid, const float* bias, bool accumulate) {
+  for (int r = 0; r < mr; ++r) {
+    float* cr = c + r * ldc;
+    const float* ar = acc + r * kPanel;
+    for (int j = 0; j < nvalid; ++j) {
+      float v = ar[j] + (bias ? bias[j] : 0.0f);
+      cr[j] = accumulate ? cr[j] + v : v;
+    }
+  }
+}
+
+template <int MR>
+void mk_f32_portable(const float* a, int64_t lda, const float* b, int64_t K, float* c, int64_t ldc, int nvalid,
+                     const float* bias, bool accumulate) {
+  float acc[MR * kPanel];
+  for (int i = 0; i < MR * kPanel; ++i) acc[i] = 0.0f;
+  for (int64_t k = 0; k < K; ++k) {
+    const float* bk = b + k * kPanel;
+    for (int r = 0; r < MR; ++r) {
+      float av = a[r * lda + k];
+      float* ar = acc + r * kPanel;
+      for (int j = 0; j < kPanel; ++j) ar[j] += av * bk[j];
+    }
+  }
+  store_tile(acc, MR, c, ldc, nvalid, bias, accumulate);
+}
+
+// bf16 weights with f32 activations (variants without AVX512-BF16): exact products of the stored
+// weights.
+template <int MR>
+void mk_bf16_portable(const float* a, int64_t lda, const uint16_t* b, int64_t Kp, int64_t K, float* c, int64_t ldc,
+                      int nvalid, const float* bias, bool accumulate) {
+  float acc[MR * kPanel];
+  for (int i = 0; i < MR * kPanel; ++i) acc[i] = 0.0f;
+  float bf[2 * kPanel];
+  for (int64_t kk = 0; kk < Kp / 2; ++kk) {
+    const uint16_t* bk = b + kk * 2 * kPanel;
+    for (int j = 0; j < 2 * kPanel; ++j) bf[j] = bf16f(bk[j]);
+    for (int r = 0; r < MR; ++r) {
+      float a0 = a[r * lda + 2 * kk];
+      float a1 = 2 * kk + 1 < K ? a[r * lda + 2 * kk + 1] : 0.0f;
+      float* ar = acc + r * kPanel;
+      for (int j = 0; j < kPanel; ++j) ar[j] += a0 * bf[2 * j] + a1 * bf[2 * j + 1];
+    }
+  }
+  store_tile(acc, MR, c, ldc, nvalid, bias, accumulate);
+}
+
+#if defined(__AVX512F__)
+inline void store_zmm_tile(__m512 (*acc)[4], int mr, float* c, int64_t ldc, int nvalid, const float* bias,
+                           bool accumulate) {
+  for (int r = 0; r < mr; ++r) {
+    for (int v = 0; v < 4; ++v) {
+      int n = nvalid - v * 16;
+      if (n <= 0) break;
+      __mmask16 m = n >= 16 ? __mmask16(0xffff) : __mmask16((1u << n) - 1);
+      __m512 x = acc[r][v];
+      if (bias) x = _mm512_add_ps(x, _mm512_maskz_loadu_ps(m, bias + v * 16));
+      float* dst = c + r * ldc + v * 16;
+      if (accumulate) x = _mm512_add_ps(x, _mm512_maskz_loadu_ps(m, dst));
+      _mm512_mask_storeu_ps(dst, m, x);
+    }
+  }
+}
+
+template <int MR>
+void mk_f32_avx512(const float* a, int64_t lda, const float* b, int64_t K, float* c, int64_t ldc, int nvalid,
+                   const float* bias, bool accumulate) {
+  __m512 acc[MR][4];
+  for (int r = 0; r < MR; ++r)
+    for (int v = 0; v < 4; ++v) acc[r][v] = _mm512_setzero_ps();
+  for (int64_t k = 0; k < K; ++k) {
+    const float* bk = b + k * kPanel;
+    __m512 b0 = _mm512_loadu_ps(bk), b1 = _mm512_loadu_ps(bk + 16), b2 = _mm512_loadu_ps(bk + 32),
+           b3 = _mm512_loadu_ps(bk + 48);
+    for (int r = 0; r < MR; ++r) {
+      __m512 av = _mm512_set1_ps(a[r * lda + k]);
+      acc[r][0] = _mm512_fmadd_ps(av, b0, acc[r][0]);
+      acc[r][1] = _mm512_fmadd_ps(av, b1, acc[r][1]);
+      acc[r][2] = _mm512_fmadd_ps(av, b2, acc[r][2]);
+      acc[r][3] = _mm512_fmadd_ps(av, b3, acc[r][3]);
+    }
+  }
+  store_zmm_tile(acc, MR, c, ldc, nvalid, bias, accumulate);
+}
+#endif
+
+#if defined(__AVX512BF16__)
+// a: activations already rounded to bf16, as 32-bit pairs. One vdpbf16ps = 16 columns × 2 k.
+template <int MR>
+void mk_bf16_avx512(const uint32_t* a, int64_t lda, const uint16_t* b, int64_t Kp, float* c, int64_t ldc, int nvalid,
+                    const float* bias, bool accumulate) {
+  __m512 acc[MR][4];
+  for (int r = 0; r < MR; ++r)
+    for (int v = 0; v < 4; ++v) acc[r][v] = _mm512_setzero_ps();
+  for (int64_t kk = 0; kk < Kp / 2; ++kk) {
+    const uint16_t* bk = b + kk * 2 * kPanel;
+    __m512bh b0 = (__m512bh)_mm512_loadu_si512(bk), b1 = (__m512bh)_mm512_loadu_si512(bk + 32),
+             b2 = (__m512bh)_mm512_loadu_si512(bk + 64), b3 = (__m512bh)_mm512_loadu_si512(bk + 96);
+    for (int r = 0; r < MR; ++r) {
+      __m512bh av = (__m512bh)_mm512_set1_epi32(int(a[r * lda + kk]));
+      acc[r][0] = _mm512_dpbf16_ps(acc[r][0], av, b0);
+      acc[r][1] = _mm512_dpbf16_ps(acc[r][1], av, b1);
+      acc[r][2] = _mm512_dpbf16_ps(acc[r][2], av, b2);
+      acc[r][3] = _mm512_dpbf16_ps(acc[r][3], av, b3);
+    }
+  }
+  store_zmm_tile(acc, MR, c, ldc, nvalid, bias, accumulate);
+}
+#endif
+
+constexpr int kMR = 6;
+
+template <int MR>
+void gemm_f32_rows(const GemmArgs& g, int64_t m, int64_t p0, int64_t p1) {
+  const float* w = static_cast<const float*>(g.w);
+  for (int64_t p = p0; p < p1; ++p) {
+    int nvalid = int(imin(kPanel, g.N - p * kPanel));
+    const float* panel = w + p * g.K * kPanel;
+    const float* bias = g.bias ? g.bias + p * kPanel : nullptr;
+    float* c = g.out + m * g.ldo + p * kPanel;
+#if defined(__AVX512F__)
+    mk_f32_avx512<MR>(g.x + m * g.ldx, g.ldx, panel, g.K, c, g.ldo, nvalid, bias, g.accumulate);
+#else
+    mk_f32_portable<MR>(g.x + m * g.ldx, g.ldx, panel, g.K, c, g.ldo, nvalid, bias, g.accumulate);
+#endif
+  }
+}
+
+template <int MR>
+void gemm_bf16_rows(const GemmArgs& g, int64_t m, int64_t p0, int64_t p1) {
+  const uint16_t* w = static_cast<const uint16_t*>(g.w);
+  for (int64_t p = p0; p < p1; ++p) {
+    int nvalid = int(imin(kPanel, g.N - p * kPanel));
+    const uint16_t* panel = w + p * g.Kp * kPanel;
+    const float* bias = g.bias ? g.bias + p * kPanel : nullptr;
+    float* c = g.out + m * g.ldo + p * kPanel;
+#if defined(__AVX512BF16__)
+    mk_bf16_avx512<MR>(g.xb + m * g.ldxb, g.ldxb, panel, g.Kp, c, g.ldo, nvalid, bias, g.accumulate);
+#else
+    mk_bf16_portable<MR>(g.x + m * g.ldx, g.ldx, panel, g.Kp, g.K, c, g.ldo, nvalid, bias, g.accumulate);
+#endif
+  }
+}
+
+// Rows in blocks of kMR; within a block, all panels of the range (the panels of one block of
+// rows stay in L2 while the rows stream).
+template <template <int> class Op>
+void gemm_blocks(const GemmArgs& g, int64_t p0, int64_t p1, int64_t m0, int64_t m1) {
+  // Panels in groups so that a group's weights (≤ ~1 MB) stay in L2 across all row blocks.
+  int64_t panel_bytes = (g.Kp ? g.Kp * 2 : g.K * 4) * kPanel;
+  int64_t group = imax(1, (1 << 20) / imax(1, panel_bytes));
+  for (int64_t pg = p0; pg < p1; pg += group) {
+    int64_t pe = imin(p1, pg + group);
+    int64_t m = m0;
+    for (; m + kMR <= m1; m += kMR) Op<kMR>::run(g, m, pg, pe);
+    switch (m1 - m) {
+      case 5: Op<5>::run(g, m, pg, pe); break;
+      case 4: Op<4>::run(g, m, pg, pe); break;
+      case 3: Op<3>::run(g, m, pg, pe); break;
+      case 2: Op<2>::run(g, m, pg, pe); break;
+      case 1: Op<1>::run(g, m, pg, pe); break;
+      default: break;
+    }
+  }
+}
+
+template <int MR>
+struct F32Op {
+  static void run(const GemmArgs& g, int64_t m, int64_t p0, int64_t p1) { gemm_f32_rows<MR>(g, m, p0, p1); }
+};
+template <int MR>
+struct Bf16Op {
+  static void run(const GemmArgs& g, int64_t m, int64_t p0, int64_t p1) { gemm_bf16_rows<MR>(g, m, p0, p1); }
+};
+
+void gemm_f32(const GemmArgs& g, int64_t p0, int64_t p1, int64_t m0, int64_t m1) {
+  gemm_blocks<F32Op>(g, p0, p1, m0, m1);
+}
+void gemm_bf16(const GemmArgs& g, int64_t p0, int64_t p1, int64_t m0, int64_t m1) {
+  gemm_blocks<Bf16Op>(g, p0, p1, m0, m1);
+}
+
+void round_rows_bf16(const GemmArgs& g, int64_t m0, int64_t m1) {
+  for (int64_t m = m0; m < m1; ++m) {
+    const float* x = g.x + m * g.ldx;
+    uint32_t* xb = const_cast<uint32_t*>(g.xb) + m * g.ldxb;
+    for (int64_t kk = 0; kk < g.Kp / 2; ++kk) {
+      uint32_t lo = to_bf16(x[2 * kk]);
+      uint32_t hi = 2 * kk + 1 < g.K ? to_bf16(x[2 * kk + 1]) : 0u;
+      xb[kk] = lo | hi << 16;
+    }
+  }
+}
+
+// ---- attention -----------------------------------------------------------------------------------
+
+inline const float* row_ptr_f32(const void* base, int64_t elem) { return static_cast<const float*>(base) + elem; }
+
+// Loads head g of key/value j into column jj of KT ([hd][kKeyTile]) and row jj of V.
+inline void load_kv(const AttentionParams& p, const SeqSpan& sp, const int32_t* table, int32_t g, int32_t j, int jj,
+                    float* KT, float* V) {
+  const int hd = p.head_dim;
+  if (j >= sp.pos0) {
+    const float* row = p.qkv + int64_t(sp.tok_start + j - sp.pos0) * p.qkv_stride;
+    const float* k = row + int64_t(p.n_heads + g) * hd;
+    const float* v = row + int64_t(p.n_heads + p.n_kv_heads + g) * hd;
+    if (p.kv_dtype == DType::BF16) {  // the values the cache will hold, so decode == prefill
+      for (int d = 0; d < hd; ++d) KT[d * kKeyTile + jj] = bf16f(to_bf16(k[d]));
+      for (int d = 0; d < hd; ++d) V[jj * hd + d] = bf16f(to_bf16(v[d]));
+    } else {
+      for (int d = 0; d < hd; ++d) KT[d * kKeyTile + jj] = k[d];
+      for (int d = 0; d < hd; ++d) V[jj * hd + d] = v[d];
+    }
+    return;
+  }
+  int64_t off = kv_slot(p.layout, sp, table, j) * int64_t(p.n_kv_heads) * hd + int64_t(g) * hd;
+  if (p.kv_dtype == DType::BF16) {
+    const uint16_t* k = static_cast<const uint16_t*>(p.k_cache) + off;
+    const uint16_t* v = static_cast<const uint16_t*>(p.v_cache) + off;
+    for (int d = 0; d < hd; ++d) KT[d * kKeyTile + jj] = bf16f(k[d]);
+    for (int d = 0; d < hd; ++d) V[jj * hd + d] = bf16f(v[d]);
+  } else {
+    const float* k = row_ptr_f32(p.k_cache, off);
+    const float* v = row_ptr_f32(p.v_cache, off);
+    for (int d = 0; d < hd; ++d) KT[d * kKeyTile + jj] = k[d];
+    for (int d = 0; d < hd; ++d) V[jj * hd + d] = v[d];
+  }
+}
+
+void attention_task(const AttentionParams& p, int32_t s, int32_t g, int32_t t0, int32_t t1, float* scratch) {
+  const SeqSpan& sp = p.meta.spans[s];
+  const int hd = p.head_dim;
+  const int n_rep = p.n_heads / p.n_kv_heads;
+  const int rows = (t1 - t0) * n_rep;
+  const bool local = p.layout.local;
+  const int32_t W = p.layout.window, S = local ? p.layout.n_sinks : 0;
+  const int32_t* table = local ? nullptr : p.meta.global_tables + int64_t(sp.table_row) * p.meta.table_stride;
+
+  float* Q = scratch;
+  float* O = Q + kMaxRows * hd;
+  float* KT = O + kMaxRows * hd;
+  float* V = KT + int64_t(hd) * kKeyTile;
+  float* Sc = V + int64_t(kKeyTile) * hd;
+  float* Mx = Sc + kMaxRows * kKeyTile;
+  float* Ls = Mx + kMaxRows;
+  int32_t rpos[kMaxRows];
+
+  for (int t = t0; t < t1; ++t)
+    for (int h = 0; h < n_rep; ++h) {
+      int r = (t - t0) * n_rep + h;
+      const float* q = p.qkv + int64_t(sp.tok_start + t) * p.qkv_stride + int64_t(g * n_rep + h) * hd;
+      for (int d = 0; d < hd; ++d) Q[r * hd + d] = q[d] * p.scale;
+      for (int d = 0; d < hd; ++d) O[r * hd + d] = 0.0f;
+      rpos[r] = sp.pos0 + t;
+      Mx[r] = -INFINITY;
+      Ls[r] = 0.0f;
+    }
+  const int32_t pa = sp.pos0 + t0, pb = sp.pos0 + t1 - 1;
+
+  // Keys [j0, j1) in tiles aligned to absolute multiples of kKeyTile, so that a query sees the
+  // same tiles (and the same rounding) whether it is decoded alone or inside a prefill chunk.
+  auto run_range = [&](int32_t j0, int32_t j1, bool sinks) {
+    if (j0 >= j1) return;
+    for (int32_t jb = j0 - j0 % kKeyTile; jb < j1; jb += kKeyTile) {
+      int32_t lo = jb > j0 ? jb : j0, hi = jb + kKeyTile < j1 ? jb + kKeyTile : j1;
+      for (int jj = 0; jj < kKeyTile; ++jj) {
+        int32_t j = jb + jj;
+        if (j >= lo && j < hi) {
+          load_kv(p, sp, table, g, j, jj, KT, V);
+        } else {
+          for (int d = 0; d < hd; ++d) KT[d * kKeyTile + jj] = 0.0f;
+          for (int d = 0; d < hd; ++d) V[jj * hd + d] = 0.0f;
+        }
+      }
+      for (int r = 0; r < rows; ++r) {
+        float* sr = Sc + r * kKeyTile;
+        for (int jj = 0; jj < kKeyTile; ++jj) sr[jj] = 0.0f;
+        const float* qr = Q + r * hd;
+        for (int d = 0; d < hd; ++d) {
+          float qd = qr[d];
+          const float* kd = KT + d * kKeyTile;
+          for (int jj = 0; jj < kKeyTile; ++jj) sr[jj] += qd * kd[jj];
+        }
+        const int32_t pr = rpos[r];
+        float mx = -INFINITY;
+        for (int jj = 0; jj < kKeyTile; ++jj) {
+          int32_t j = jb + jj;
+          bool ok = j >= lo && j < hi && j <= pr && (sinks || !local || j > pr - W);
+          sr[jj] = ok ? sr[jj] : -INFINITY;
+          mx = sr[jj] > mx ? sr[jj] : mx;
+        }
+        if (mx == -INFINITY) continue;
+        float m_new = Mx[r] > mx ? Mx[r] : mx;
+        float corr = Mx[r] == -INFINITY ? 0.0f : fast_exp(Mx[r] - m_new);
+        float sum = 0.0f;
+        for (int jj = 0; jj < kKeyTile; ++jj) {
+          float e = sr[jj] == -INFINITY ? 0.0f : fast_exp(sr[jj] - m_new);
+          sr[jj] = e;
+          sum += e;
+        }
+        Ls[r] = Ls[r] * corr + sum;
+        Mx[r] = m_new;
+        float* orow = O + r * hd;
+        for (int d = 0; d < hd; ++d) orow[d] *= corr;
+        for (int jj = 0; jj < kKeyTile; ++jj) {
+          float e = sr[jj];
+          if (e == 0.0f) continue;
+          const float* vj = V + jj * hd;
+          for (int d = 0; d < hd; ++d) orow[d] += e * vj[d];
+        }
+      }
+    }
+  };
+
+  if (local) {
+    if (S > 0) run_range(0, int32_t(imin(S, pb + 1)), true);
+    run_range(int32_t(imax(S, pa - W + 1)), pb + 1, false);
+  } else {
+    run_range(0, pb + 1, false);
+  }
+
+  for (int t = t0; t < t1; ++t)
+    for (int h = 0; h < n_rep; ++h) {
+      int r = (t - t0) * n_rep + h;
+      float inv = 1.0f / Ls[r];
+      float* out = p.out + int64_t(sp.tok_start + t) * p.n_heads * hd + int64_t(g * n_rep + h) * hd;
+      for (int d = 0; d < hd; ++d) out[d] = O[r * hd + d] * inv;
+    }
+}
+
+// ---- elementwise ---------------------------------------------------------------------------------
+
+void rms_norm(const float* x, const float* w, float eps, int64_t D, float* out, int64_t r0, int64_t r1) {
+  for (int64_t r = r0; r < r1; ++r) {
+    const float* xr = x + r * D;
+    float acc[16] = {};
+    int64_t d = 0;
+    for (; d + 16 <= D; d += 16)
+      for (int i = 0; i < 16; ++i) acc[i] += xr[d + i] * xr[d + i];
+    float ss = 0.0f;
+    for (int i = 0; i < 16; ++i) ss += acc[i];
+    for (; d < D; ++d) ss += xr[d] * xr[d];
+    float inv = 1.0f / __builtin_sqrtf(ss / float(D) + eps);
+    float* o = out + r * D;
+    for (int64_t i = 0; i < D; ++i) o[i] = xr[i] * inv * w[i];
+  }
+}
+
+void swiglu(const float* gu, int64_t F, float* out, int64_t r0, int64_t r1) {
+  for (int64_t r = r0; r < r1; ++r) {
+    const float* g = gu + r * 2 * F;
+    const float* u = g + F;
+    float* o = out + r * F;
+    for (int64_t i = 0; i < F; ++i) o[i] = g[i] / (1.0f + fast_exp(-g[i])) * u[i];
+  }
+}
+
+void rope(const RopeParams& p, const float* cos_t, const float* sin_t, int64_t r0, int64_t r1) {
+  const int half = p.head_dim / 2;
+  for (int64_t r = r0; r < r1; ++r) {
+    const float* c = cos_t + r * half;
+    const float* s = sin_t + r * half;
+    float* row = p.qkv + r * p.qkv_stride;
+    for (int h = 0; h < p.n_rot_heads; ++h) {
+      float* x = row + int64_t(h) * p.head_dim;
+      for (int i = 0; i < half; ++i) {
+        float x1 = x[i], x2 = x[i + half];
+        x[i] = x1 * c[i] - x2 * s[i];
+        x[i + half] = x2 * c[i] + x1 * s[i];
+      }
+    }
+  }
+}
+
+}  // namespace
+}  // namespace HYCO_CPU_VARIANT
+
+#define HYCO_STR2(x) #x
+#define HYCO_STR(x) HYCO_STR2(x)
+#define HYCO_CAT2(a, b) a##b
+#define HYCO_CAT(a, b) HYCO_CAT2(a, b)
+
+extern const CpuKernels HYCO_CAT(kKernels, HYCO_CPU_TABLE);
+const CpuKernels HYCO_CAT(kKernels, HYCO_CPU_TABLE) = {
+    HYCO_STR(HYCO_CPU_VARIANT),
+    HYCO_CPU_VARIANT::gemm_f32,
+    HYCO_CPU_VARIANT::gemm_bf16,
+    HYCO_CPU_VARIANT::round_rows_bf16,
+    HYCO_CPU_VARIANT::attention_task,
+    HYCO_CPU_VARIANT::rms_norm,
+    HYCO_CPU_VARIANT::swiglu,
+    HYCO_CPU_VARIANT::rope,
+};
+
+}  // namespace hyco::cpu

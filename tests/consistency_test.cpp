@@ -1,0 +1,209 @@
+// Consistency of the engine with itself through different code paths (mistral-inference style):
+// token-by-token decode vs one prefill, ragged batch vs each sequence alone, rollback and prefix
+// reuse vs a fresh computation. Random tiny models; every pattern kind.
+#include <memory>
+
+#include "engine/backend.h"
+#include "engine/kv_cache.h"
+#include "engine/model.h"
+#include "engine/prefix_cache.h"
+#include "tests/catch.hpp"
+#include "tests/test_util.h"
+
+using namespace hyco;
+using hyco::test::max_abs;
+using hyco::test::max_abs_diff;
+
+namespace {
+
+struct Engine {
+  std::unique_ptr<Backend> backend = make_cpu_backend(2);
+  std::unique_ptr<Model> model;
+  KvCacheConfig kc;
+
+  explicit Engine(const ModelConfig& c, DType kv_dtype = DType::F32, int rollback = 6) {
+    model = Model::random(c, *backend, 7, DType::F32);
+    kc.dtype = kv_dtype;
+    kc.n_seqs = 4;
+    kc.n_ctx = 256;
+    kc.rollback = rollback;
+    kc.block_size = 16;
+  }
+  std::unique_ptr<KvCache> cache() { return std::make_unique<KvCache>(model->config(), *backend, kc); }
+
+  // Feeds `toks` to `seq` in chunks of `chunk` and returns the logits of every token, row by row.
+  std::vector<float> feed(KvCache& kv, SeqId seq, const std::vector<int32_t>& toks, int chunk) {
+    std::vector<float> all, logits;
+    Batch b;
+    for (size_t i = 0; i < toks.size(); i += size_t(chunk)) {
+      size_t n = std::min(toks.size() - i, size_t(chunk));
+      b.clear();
+      b.add(seq, std::span<const int32_t>(toks.data() + i, n), true, true);
+      model->forward(b, kv, logits);
+      all.insert(all.end(), logits.begin(), logits.end());
+    }
+    return all;
+  }
+};
+
+struct Case {
+  const char* name;
+  ModelConfig cfg;
+  DType kv = DType::F32;
+};
+
+std::vector<Case> cases() {
+  using hyco::test::tiny_config;
+  return {
+      {"global", tiny_config("GG")},
+      {"local, ring wraps", tiny_config("LL", 8)},
+      {"hybrid with sinks", tiny_config("LLLG", 8, 3)},
+      {"gqa 8:2", tiny_config("LG", 12, 0, 8, 2)},
+      {"narrow attention", tiny_config("LG", 8, 0, 2, 1, 16, 96)},
+      {"bf16 kv cache", tiny_config("LLLG", 8, 2), DType::BF16},
+  };
+}
+
+}  // namespace
+
+TEST_CASE("decoding token by token gives the logits of one prefill", "[consistency]") {
+  for (const Case& c : cases()) {
+    SECTION(c.name) {
+      Engine e(c.cfg, c.kv);
+      auto toks = hyco::test::random_tokens(70, c.cfg.n_vocab, 11);
+      auto kv1 = e.cache(), kv2 = e.cache(), kv3 = e.cache();
+      auto prefill = e.feed(*kv1, *kv1->create(), toks, 70);
+      auto decode = e.feed(*kv2, *kv2->create(), toks, 1);
+      auto chunks = e.feed(*kv3, *kv3->create(), toks, 13);  // chunks longer than the window
+      REQUIRE(prefill.size() == toks.size() * size_t(c.cfg.n_vocab));
+      INFO("max |logit| " << max_abs(prefill));
+      CHECK(max_abs_diff(prefill, decode) <= 1e-5f * max_abs(prefill));
+      CHECK(max_abs_diff(prefill, chunks) <= 1e-5f * max_abs(prefill));
+    }
+  }
+}
+
+TEST_CASE("a ragged batch gives each sequence the logits it gets alone", "[consistency]") {
+  for (const Case& c : cases()) {
+    SECTION(c.name) {
+      Engine e(c.cfg, c.kv);
+      auto a = hyco::test::random_tokens(21, c.cfg.n_vocab, 1);
+      auto b = hyco::test::random_tokens(40, c.cfg.n_vocab, 2);
+      auto d = hyco::test::random_tokens(12, c.cfg.n_vocab, 3);
+      // Alone: each sequence fed in two steps (history, then the part that is batched below).
+      auto alone = e.cache();
+      auto la = e.feed(*alone, *alone->create(), a, 20);
+      auto lb = e.feed(*alone, *alone->create(), b, 33);
+      auto ld = e.feed(*alone, *alone->create(), d, 12);
+      // Batched: the same histories, then one step with a decode token, a 7-token chunk and a
+      // new 12-token prompt together.
+      auto kv = e.cache();
+      SeqId sa = *kv->create(), sb = *kv->create(), sd = *kv->create();
+      e.feed(*kv, sa, std::vector<int32_t>(a.begin(), a.begin() + 20), 20);
+      e.feed(*kv, sb, std::vector<int32_t>(b.begin(), b.begin() + 33), 33);
+      Batch batch;
+      batch.add(sa, std::span<const int32_t>(a.data() + 20, 1), true, true);
+      batch.add(sb, std::span<const int32_t>(b.data() + 33, 7), true, true);
+      batch.add(sd, std::span<const int32_t>(d.data(), 12), true, true);
+      std::vector<float> logits;
+      e.model->forward(batch, *kv, logits);
+      const size_t V = size_t(c.cfg.n_vocab);
+      REQUIRE(logits.size() == 20 * V);
+      std::vector<float> got_a(logits.begin(), logits.begin() + V), got_b(logits.begin() + V, logits.begin() + 8 * V),
+          got_d(logits.begin() + 8 * V, logits.end());
+      std::vector<float> want_a(la.end() - V, la.end()), want_b(lb.end() - 7 * V, lb.end());
+      float tol = 1e-5f * max_abs(lb);
+      CHECK(max_abs_diff(got_a, want_a) <= tol);
+      CHECK(max_abs_diff(got_b, want_b) <= tol);
+      CHECK(max_abs_diff(got_d, ld) <= tol);
+    }
+  }
+}
+
+TEST_CASE("rolling back by up to the reserve and recomputing equals a fresh computation", "[consistency]") {
+  for (const Case& c : cases()) {
+    SECTION(c.name) {
+      const int R = 6;
+      Engine e(c.cfg, c.kv, R);
+      auto first = hyco::test::random_tokens(40, c.cfg.n_vocab, 5);
+      auto kv = e.cache();
+      SeqId s = *kv->create();
+      e.feed(*kv, s, first, 9);
+      // Roll back as far as the cache allows (the rings must still hold every key the window
+      // needs), then continue with different tokens.
+      int32_t keep = kv->min_length(s);
+      if (c.cfg.n_layers_of(LayerKind::Local) > 0) CHECK(keep >= int32_t(first.size()) - R - 1);
+      kv->truncate(s, keep);
+      auto more = hyco::test::random_tokens(15, c.cfg.n_vocab, 6);
+      auto got = e.feed(*kv, s, more, 4);
+
+      std::vector<int32_t> whole(first.begin(), first.begin() + keep);
+      whole.insert(whole.end(), more.begin(), more.end());
+      auto fresh_kv = e.cache();
+      auto fresh = e.feed(*fresh_kv, *fresh_kv->create(), whole, 64);
+      std::vector<float> want(fresh.end() - std::ptrdiff_t(more.size()) * c.cfg.n_vocab, fresh.end());
+      CHECK(max_abs_diff(got, want) <= 1e-5f * max_abs(want));
+    }
+  }
+}
+
+TEST_CASE("a prompt that extends a cached one reuses its prefix and equals a fresh computation", "[consistency]") {
+  for (const Case& c : cases()) {
+    SECTION(c.name) {
+      Engine e(c.cfg, c.kv, 8);
+      auto kv = e.cache();
+      PrefixCache cache(*kv);
+      // The IDE case: same file, the cursor moved on by a few tokens; the old completion's
+      // tokens (here 5) follow the shared part in the cached sequence.
+      auto shared = hyco::test::random_tokens(50, c.cfg.n_vocab, 8);
+      auto old_tail = hyco::test::random_tokens(5, c.cfg.n_vocab, 9);
+      auto old = shared;
+      old.insert(old.end(), old_tail.begin(), old_tail.end());
+      SeqId s = *kv->create();
+      e.feed(*kv, s, old, 16);
+      cache.put(s, old);
+
+      auto prompt = shared;
+      auto typed = hyco::test::random_tokens(3, c.cfg.n_vocab, 10);
+      prompt.insert(prompt.end(), typed.begin(), typed.end());
+      auto hit = cache.take(prompt);
+      REQUIRE(hit);
+      CHECK(hit->n_reused == int32_t(shared.size()) - (old_tail[0] == typed[0] ? -1 : 0));
+      std::vector<int32_t> rest(prompt.begin() + hit->n_reused, prompt.end());
+      auto got = e.feed(*kv, hit->seq, rest, 64);
+
+      auto fresh_kv = e.cache();
+      auto fresh = e.feed(*fresh_kv, *fresh_kv->create(), prompt, 64);
+      std::vector<float> want(fresh.end() - std::ptrdiff_t(rest.size()) * c.cfg.n_vocab, fresh.end());
+      CHECK(max_abs_diff(got, want) <= 1e-5f * max_abs(want));
+    }
+  }
+}
+
+TEST_CASE("a cached sequence rolled past its ring reserve is not reused on local layers", "[consistency]") {
+  Engine e(hyco::test::tiny_config("LLLG", 8), DType::F32, 4);
+  auto kv = e.cache();
+  PrefixCache cache(*kv);
+  auto shared = hyco::test::random_tokens(30, 200, 12);
+  auto old = shared;
+  auto tail = hyco::test::random_tokens(20, 200, 13);  // far more than R = 4 tokens to roll back
+  old.insert(old.end(), tail.begin(), tail.end());
+  SeqId s = *kv->create();
+  e.feed(*kv, s, old, 50);
+  cache.put(s, old);
+  auto prompt = shared;
+  prompt.push_back((tail[0] + 1) % 200);
+  CHECK_FALSE(cache.take(prompt));
+  CHECK(cache.size() == 1);
+
+  // The same on an all-global model: any common prefix can be restored.
+  Engine g(hyco::test::tiny_config("GG"), DType::F32, 4);
+  auto kvg = g.cache();
+  PrefixCache cg(*kvg);
+  SeqId sg = *kvg->create();
+  g.feed(*kvg, sg, old, 50);
+  cg.put(sg, old);
+  auto hit = cg.take(prompt);
+  REQUIRE(hit);
+  CHECK(hit->n_reused == 30);
+}
