@@ -68,7 +68,7 @@ class ModelLoader {
     }
     for (const auto& [name, t] : store.tensors()) {
       if (used.count(name)) continue;
-      if (name.size() > 22 && name.compare(name.size() - 22, 22, ".rotary_emb.inv_freq") == 0) continue;
+      if (name.ends_with(".rotary_emb.inv_freq")) continue;
       throw ModelError(t.file + ": unexpected tensor '" + name + "' (not part of a " + c.architecture + " with " +
                        std::to_string(c.n_layers) + " layers" +
                        (c.qkv_bias ? "" : " without q/k/v bias") + ")");
@@ -146,11 +146,16 @@ class ModelLoader {
         std::memcpy(dst, p->data, p->n_bytes);
         dst += p->n_bytes;
       } else {
-        float* f = reinterpret_cast<float*>(dst);
-        for (int64_t i = 0; i < p->n_elements(); ++i) {
-          const uint16_t* h = reinterpret_cast<const uint16_t*>(p->data);
-          f[i] = p->dtype == DType::F32 ? reinterpret_cast<const float*>(p->data)[i]
-                                        : (p->dtype == DType::BF16 ? bf16_to_f32(h[i]) : f16_to_f32(h[i]));
+        for (int64_t i = 0; i < p->n_elements(); ++i) {  // unaligned-safe element reads
+          float f;
+          uint16_t h;
+          if (p->dtype == DType::F32) {
+            std::memcpy(&f, p->data + i * 4, 4);
+          } else {
+            std::memcpy(&h, p->data + i * 2, 2);
+            f = p->dtype == DType::BF16 ? bf16_to_f32(h) : f16_to_f32(h);
+          }
+          std::memcpy(dst + i * 4, &f, 4);
         }
         dst += p->n_elements() * 4;
       }

@@ -90,7 +90,11 @@ std::shared_ptr<SafetensorsFile> SafetensorsFile::open(const std::string& path) 
   }
   if (!h.is_object()) throw fail("header is not a JSON object");
 
-  std::vector<std::pair<size_t, size_t>> ranges;
+  struct Range {
+    size_t begin, end;
+    const std::string* name;
+  };
+  std::vector<Range> ranges;
   for (auto& [name, e] : h.items()) {
     if (name == "__metadata__") {
       if (e.is_object())
@@ -128,13 +132,22 @@ std::shared_ptr<SafetensorsFile> SafetensorsFile::open(const std::string& path) 
                 dt + " (" + std::to_string(uint64_t(n) * dtype_size(t.dtype)) + " bytes)");
     t.data = data + b;
     t.n_bytes = size_t(en - b);
-    ranges.emplace_back(size_t(b), size_t(en));
-    f->tensors_.emplace(name, std::move(t));
+    auto it = f->tensors_.emplace(name, std::move(t)).first;
+    ranges.push_back({size_t(b), size_t(en), &it->first});
   }
-  std::sort(ranges.begin(), ranges.end());
-  for (size_t i = 1; i < ranges.size(); ++i)
-    if (ranges[i].first < ranges[i - 1].second && ranges[i].first != ranges[i].second)
-      throw fail("two tensors overlap at data offset " + std::to_string(ranges[i].first));
+  // NOTE: compared with the range that reaches furthest so far, not just the previous one: an
+  // empty range inside a tensor must not hide a later tensor that overlaps that tensor.
+  std::sort(ranges.begin(), ranges.end(), [](const Range& x, const Range& y) {
+    return x.begin != y.begin ? x.begin < y.begin : x.end < y.end;
+  });
+  const Range* furthest = nullptr;
+  for (const Range& r : ranges) {
+    if (r.begin == r.end) continue;  // empty tensors hold no bytes
+    if (furthest && r.begin < furthest->end)
+      throw fail("tensors '" + *furthest->name + "' and '" + *r.name + "' overlap at data offset " +
+                 std::to_string(r.begin));
+    if (!furthest || r.end > furthest->end) furthest = &r;
+  }
   return f;
 }
 

@@ -207,3 +207,23 @@ TEST_CASE("a cached sequence rolled past its ring reserve is not reused on local
   REQUIRE(hit);
   CHECK(hit->n_reused == 30);
 }
+
+TEST_CASE("decode over a long context, split across threads, equals one prefill", "[consistency]") {
+  // Past 1024 keys a decode step splits its key range over the threads (split-KV) and merges.
+  for (const char* pattern : {"GG", "LG"}) {
+    SECTION(pattern) {
+      ModelConfig c = hyco::test::tiny_config(pattern, 1100, 2);
+      Engine e(c);
+      e.kc.n_ctx = 1600;
+      auto toks = hyco::test::random_tokens(1500, c.n_vocab, 21);
+      auto kv1 = e.cache(), kv2 = e.cache();
+      auto prefill = e.feed(*kv1, *kv1->create(), toks, 1500);
+      SeqId s = *kv2->create();
+      std::vector<int32_t> head(toks.begin(), toks.end() - 6), tail(toks.end() - 6, toks.end());
+      e.feed(*kv2, s, head, 512);
+      auto decode = e.feed(*kv2, s, tail, 1);
+      std::vector<float> want(prefill.end() - 6 * c.n_vocab, prefill.end());
+      CHECK(max_abs_diff(decode, want) <= 1e-5f * max_abs(want));
+    }
+  }
+}

@@ -1,5 +1,7 @@
 // The CPU backend: memory, weight packing, op dispatch to the ISA variant chosen at start, and
 // the split of each op over the thread pool. The reference every other backend is checked against.
+#include <algorithm>
+#include <climits>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
@@ -41,18 +43,26 @@ const CpuKernels& pick_kernels(std::string isa) {
   return kKernelsBase;
 }
 
+// Element i of a host buffer, which may be unaligned (safetensors data need not be).
+template <class T>
+T load_unaligned(const void* base, int64_t i) {
+  T v;
+  std::memcpy(&v, static_cast<const char*>(base) + i * int64_t(sizeof(T)), sizeof(T));
+  return v;
+}
+
 float load_as_f32(const void* base, DType t, int64_t i) {
   switch (t) {
-    case DType::F32: return static_cast<const float*>(base)[i];
-    case DType::BF16: return bf16_to_f32(static_cast<const uint16_t*>(base)[i]);
-    case DType::F16: return f16_to_f32(static_cast<const uint16_t*>(base)[i]);
-    case DType::I32: return float(static_cast<const int32_t*>(base)[i]);
+    case DType::F32: return load_unaligned<float>(base, i);
+    case DType::BF16: return bf16_to_f32(load_unaligned<uint16_t>(base, i));
+    case DType::F16: return f16_to_f32(load_unaligned<uint16_t>(base, i));
+    case DType::I32: return float(load_unaligned<int32_t>(base, i));
   }
   return 0.0f;
 }
 
 uint16_t load_as_bf16(const void* base, DType t, int64_t i) {
-  if (t == DType::BF16) return static_cast<const uint16_t*>(base)[i];
+  if (t == DType::BF16) return load_unaligned<uint16_t>(base, i);
   return f32_to_bf16(load_as_f32(base, t, i));
 }
 
@@ -229,24 +239,76 @@ class CpuBackend final : public Backend {
     const int n_rep = p.n_heads / p.n_kv_heads;
     HYCO_ASSERT(n_rep <= kMaxRows);
     const int tq = kMaxRows / n_rep;
+    const int nth = pool_.size();
+    const size_t need = size_t(attention_scratch_floats(p.head_dim));
+    for (auto& sc : scratch_)
+      if (sc.size() < need) sc.resize(need);
+
+    // Base tasks: (span, tile of tq tokens, kv head).
     tasks_.clear();
     for (int32_t s = 0; s < p.meta.n_spans; ++s)
       for (int32_t t0 = 0; t0 < p.meta.spans[s].n_tokens; t0 += tq)
-        for (int32_t g = 0; g < p.n_kv_heads; ++g)
-          tasks_.push_back({s, g, t0, std::min(t0 + tq, p.meta.spans[s].n_tokens)});
-    const size_t need = size_t(attention_scratch_floats(p.head_dim));
-    for (auto& s : scratch_)
-      if (s.size() < need) s.resize(need);
-    // Largest first: causal tiles late in a long prompt cost the most.
-    if (tasks_.size() == 1) {
-      const Task& t = tasks_[0];
-      k_->attention_task(p, t.s, t.g, t.t0, t.t1, scratch_[0].data());
-      return;
+        for (int32_t g = 0; g < p.n_kv_heads; ++g) {
+          AttnTask t;
+          t.s = s;
+          t.g = g;
+          t.t0 = t0;
+          t.t1 = std::min(t0 + tq, p.meta.spans[s].n_tokens);
+          t.k0 = 0;
+          t.k1 = INT32_MAX;
+          tasks_.push_back(t);
+        }
+    // Split-KV: too few tasks for the threads (decode) and long key ranges → split each range
+    // into chunks aligned to the key tile, run them in parallel, merge their softmax states.
+    merges_.clear();
+    if (int(tasks_.size()) < 2 * nth) {
+      const size_t n_base = tasks_.size();
+      std::vector<AttnTask> split;
+      int64_t floats = 0;
+      for (size_t i = 0; i < n_base; ++i) {
+        const AttnTask& t = tasks_[i];
+        const SeqSpan& sp = p.meta.spans[t.s];
+        const int32_t pa = sp.pos0 + t.t0, pb = sp.pos0 + t.t1 - 1;
+        const int32_t lo = p.layout.local ? std::max(p.layout.n_sinks, pa - p.layout.window + 1) : 0;
+        const int32_t keys = pb + 1 - lo;
+        const int chunks = keys >= 1024 ? std::min<int>((keys + 511) / 512, 2 * nth) : 1;
+        if (chunks == 1) {
+          split.push_back(t);
+          continue;
+        }
+        const int rows = (t.t1 - t.t0) * n_rep;
+        const int32_t step = ((keys + chunks - 1) / chunks + kKeyTile - 1) / kKeyTile * kKeyTile;
+        Merge m{t, int(split.size()), 0, floats};
+        for (int32_t b = lo - lo % kKeyTile; b <= pb; b += step) {
+          AttnTask c = t;
+          c.k0 = m.count == 0 ? 0 : b;
+          c.k1 = b + step > pb ? INT32_MAX : b + step;
+          split.push_back(c);
+          ++m.count;
+          floats += attention_partial_floats(rows, p.head_dim);
+        }
+        merges_.push_back(m);
+      }
+      if (!merges_.empty()) {
+        partial_.resize(size_t(floats));
+        for (const Merge& m : merges_) {
+          const int rows = (m.base.t1 - m.base.t0) * n_rep;
+          for (int c = 0; c < m.count; ++c)
+            split[size_t(m.first + c)].partial =
+                partial_.data() + m.offset + int64_t(c) * attention_partial_floats(rows, p.head_dim);
+        }
+        tasks_ = std::move(split);
+      }
     }
-    pool_.run_tasks(int64_t(tasks_.size()), [&](int64_t i, int ith) {
-      const Task& t = tasks_[tasks_.size() - 1 - size_t(i)];
-      k_->attention_task(p, t.s, t.g, t.t0, t.t1, scratch_[ith].data());
-    });
+    if (tasks_.size() == 1) {
+      k_->attention_task(p, tasks_[0], scratch_[0].data());
+    } else {
+      // Largest first: causal tiles late in a long prompt cost the most.
+      pool_.run_tasks(int64_t(tasks_.size()), [&](int64_t i, int ith) {
+        k_->attention_task(p, tasks_[tasks_.size() - 1 - size_t(i)], scratch_[ith].data());
+      });
+    }
+    for (const Merge& m : merges_) merge_partials(p, m, n_rep);
   }
 
   void store_kv(const StoreKvParams& p) override {
@@ -293,9 +355,38 @@ class CpuBackend final : public Backend {
   void sync() override {}
 
  private:
-  struct Task {
-    int32_t s, g, t0, t1;
+  struct Merge {
+    AttnTask base;
+    int first = 0;       // index of its first chunk in tasks_
+    int count = 0;       // chunks
+    int64_t offset = 0;  // into partial_
   };
+
+  // Combines the chunks' (m, l, o) of one split task and writes the normalised output.
+  void merge_partials(const AttentionParams& p, const Merge& m, int n_rep) {
+    const int hd = p.head_dim;
+    const int rows = (m.base.t1 - m.base.t0) * n_rep;
+    const int64_t stride = attention_partial_floats(rows, hd);
+    const SeqSpan& sp = p.meta.spans[m.base.s];
+    for (int r = 0; r < rows; ++r) {
+      float mx = -INFINITY;
+      for (int c = 0; c < m.count; ++c) mx = std::max(mx, partial_[size_t(m.offset + c * stride + r)]);
+      float* out = p.out + int64_t(sp.tok_start + m.base.t0 + r / n_rep) * p.n_heads * hd +
+                   int64_t(m.base.g * n_rep + r % n_rep) * hd;
+      std::fill(out, out + hd, 0.0f);
+      float l = 0.0f;
+      for (int c = 0; c < m.count; ++c) {
+        const float* part = partial_.data() + m.offset + c * stride;
+        if (part[r] == -INFINITY) continue;
+        const float w = std::exp(part[r] - mx);
+        l += part[rows + r] * w;
+        const float* o = part + 2 * rows + int64_t(r) * hd;
+        for (int d = 0; d < hd; ++d) out[d] += o[d] * w;
+      }
+      const float inv = 1.0f / l;
+      for (int d = 0; d < hd; ++d) out[d] *= inv;
+    }
+  }
 
   std::shared_ptr<void> raw_alloc(size_t bytes) {
     size_t sz = (bytes + 63) & ~size_t(63);
@@ -328,7 +419,9 @@ class CpuBackend final : public Backend {
   const CpuKernels* k_;
   std::vector<std::vector<float>> scratch_;
   std::vector<uint32_t> xb_;
-  std::vector<Task> tasks_;
+  std::vector<AttnTask> tasks_;
+  std::vector<Merge> merges_;
+  std::vector<float> partial_;
   std::vector<float> cos_, sin_;
   uint64_t rope_step_ = 0;
   int rope_hd_ = 0;

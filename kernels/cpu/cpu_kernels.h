@@ -34,8 +34,21 @@ struct GemmArgs {
 
 // Floats of per-thread scratch the attention kernel needs for head_dim hd.
 inline int64_t attention_scratch_floats(int hd) {
-  return 2 * kMaxRows * hd + 2 * int64_t(hd) * kKeyTile + kMaxRows * kKeyTile + 2 * kMaxRows + 64;
+  const int64_t hdp = (hd + kPanel - 1) / kPanel * kPanel;  // value rows padded for the GEMM tiles
+  return kMaxRows * (hd + hdp) + int64_t(hd) * kKeyTile + kKeyTile * hdp + kMaxRows * kKeyTile + 2 * kMaxRows +
+         2 * int64_t(hd) + 64;
 }
+
+// One attention task: query tokens [t0, t1) of span s (all heads of kv head g), against the keys
+// with positions in [k0, k1) that the layer lets them see. With `partial` set, the task writes
+// its unnormalised state — m[rows], l[rows], o[rows × hd] — there instead of the output, so a long
+// key range can be split over threads and merged (split-KV decode).
+struct AttnTask {
+  int32_t s = 0, g = 0, t0 = 0, t1 = 0;
+  int32_t k0 = 0, k1 = 0;
+  float* partial = nullptr;
+};
+inline int64_t attention_partial_floats(int rows, int hd) { return int64_t(rows) * (2 + hd); }
 
 struct CpuKernels {
   const char* name;
@@ -44,8 +57,7 @@ struct CpuKernels {
   void (*gemm_bf16)(const GemmArgs& a, int64_t p0, int64_t p1, int64_t m0, int64_t m1);
   // xb[m] = bf16 pairs of x[m] for m in [m0, m1)
   void (*round_rows_bf16)(const GemmArgs& a, int64_t m0, int64_t m1);
-  // One task: query tokens [t0, t1) of span s against kv head g.
-  void (*attention_task)(const AttentionParams& p, int32_t s, int32_t g, int32_t t0, int32_t t1, float* scratch);
+  void (*attention_task)(const AttentionParams& p, const AttnTask& t, float* scratch);
   void (*rms_norm)(const float* x, const float* w, float eps, int64_t D, float* out, int64_t r0, int64_t r1);
   // gate_up rows [gate(F) | up(F)] → out rows (F)
   void (*swiglu)(const float* gate_up, int64_t F, float* out, int64_t r0, int64_t r1);

@@ -74,13 +74,14 @@ inline void store_tile(const float* acc, int mr, float* c, int64_t ldc, int nval
   }
 }
 
+// b: K rows of kPanel floats, ldb apart.
 template <int MR>
-void mk_f32_portable(const float* a, int64_t lda, const float* b, int64_t K, float* c, int64_t ldc, int nvalid,
-                     const float* bias, bool accumulate) {
+void mk_f32_portable(const float* a, int64_t lda, const float* b, int64_t ldb, int64_t K, float* c, int64_t ldc,
+                     int nvalid, const float* bias, bool accumulate) {
   float acc[MR * kPanel];
   for (int i = 0; i < MR * kPanel; ++i) acc[i] = 0.0f;
   for (int64_t k = 0; k < K; ++k) {
-    const float* bk = b + k * kPanel;
+    const float* bk = b + k * ldb;
     for (int r = 0; r < MR; ++r) {
       float av = a[r * lda + k];
       float* ar = acc + r * kPanel;
@@ -129,13 +130,13 @@ inline void store_zmm_tile(__m512 (*acc)[4], int mr, float* c, int64_t ldc, int 
 }
 
 template <int MR>
-void mk_f32_avx512(const float* a, int64_t lda, const float* b, int64_t K, float* c, int64_t ldc, int nvalid,
-                   const float* bias, bool accumulate) {
+void mk_f32_avx512(const float* a, int64_t lda, const float* b, int64_t ldb, int64_t K, float* c, int64_t ldc,
+                   int nvalid, const float* bias, bool accumulate) {
   __m512 acc[MR][4];
   for (int r = 0; r < MR; ++r)
     for (int v = 0; v < 4; ++v) acc[r][v] = _mm512_setzero_ps();
   for (int64_t k = 0; k < K; ++k) {
-    const float* bk = b + k * kPanel;
+    const float* bk = b + k * ldb;
     __m512 b0 = _mm512_loadu_ps(bk), b1 = _mm512_loadu_ps(bk + 16), b2 = _mm512_loadu_ps(bk + 32),
            b3 = _mm512_loadu_ps(bk + 48);
     for (int r = 0; r < MR; ++r) {
@@ -174,7 +175,38 @@ void mk_bf16_avx512(const uint32_t* a, int64_t lda, const uint16_t* b, int64_t K
 }
 #endif
 
+template <int MR>
+inline void mk_f32(const float* a, int64_t lda, const float* b, int64_t ldb, int64_t K, float* c, int64_t ldc,
+                   int nvalid, const float* bias, bool accumulate) {
+#if defined(__AVX512F__)
+  mk_f32_avx512<MR>(a, lda, b, ldb, K, c, ldc, nvalid, bias, accumulate);
+#else
+  mk_f32_portable<MR>(a, lda, b, ldb, K, c, ldc, nvalid, bias, accumulate);
+#endif
+}
+
 constexpr int kMR = 6;
+
+// c[rows, n] (+)= a[rows, K] · b[K, n] for a small tile: b rows are ldb apart and readable up to
+// a multiple of kPanel columns (zero padded); only n columns are stored.
+void tile_gemm(int rows, const float* a, int64_t lda, const float* b, int64_t ldb, int64_t K, int n, float* c,
+               int64_t ldc, bool accumulate) {
+  for (int p = 0; p * kPanel < n; ++p) {
+    const int nvalid = n - p * kPanel < kPanel ? n - p * kPanel : kPanel;
+    const float* bp = b + p * kPanel;
+    float* cp = c + p * kPanel;
+    int r = 0;
+    for (; r + kMR <= rows; r += kMR) mk_f32<kMR>(a + r * lda, lda, bp, ldb, K, cp + r * ldc, ldc, nvalid, nullptr, accumulate);
+    switch (rows - r) {
+      case 5: mk_f32<5>(a + r * lda, lda, bp, ldb, K, cp + r * ldc, ldc, nvalid, nullptr, accumulate); break;
+      case 4: mk_f32<4>(a + r * lda, lda, bp, ldb, K, cp + r * ldc, ldc, nvalid, nullptr, accumulate); break;
+      case 3: mk_f32<3>(a + r * lda, lda, bp, ldb, K, cp + r * ldc, ldc, nvalid, nullptr, accumulate); break;
+      case 2: mk_f32<2>(a + r * lda, lda, bp, ldb, K, cp + r * ldc, ldc, nvalid, nullptr, accumulate); break;
+      case 1: mk_f32<1>(a + r * lda, lda, bp, ldb, K, cp + r * ldc, ldc, nvalid, nullptr, accumulate); break;
+      default: break;
+    }
+  }
+}
 
 template <int MR>
 void gemm_f32_rows(const GemmArgs& g, int64_t m, int64_t p0, int64_t p1) {
@@ -184,11 +216,7 @@ void gemm_f32_rows(const GemmArgs& g, int64_t m, int64_t p0, int64_t p1) {
     const float* panel = w + p * g.K * kPanel;
     const float* bias = g.bias ? g.bias + p * kPanel : nullptr;
     float* c = g.out + m * g.ldo + p * kPanel;
-#if defined(__AVX512F__)
-    mk_f32_avx512<MR>(g.x + m * g.ldx, g.ldx, panel, g.K, c, g.ldo, nvalid, bias, g.accumulate);
-#else
-    mk_f32_portable<MR>(g.x + m * g.ldx, g.ldx, panel, g.K, c, g.ldo, nvalid, bias, g.accumulate);
-#endif
+    mk_f32<MR>(g.x + m * g.ldx, g.ldx, panel, kPanel, g.K, c, g.ldo, nvalid, bias, g.accumulate);
   }
 }
 
@@ -260,120 +288,164 @@ void round_rows_bf16(const GemmArgs& g, int64_t m0, int64_t m1) {
 
 // ---- attention -----------------------------------------------------------------------------------
 
-inline const float* row_ptr_f32(const void* base, int64_t elem) { return static_cast<const float*>(base) + elem; }
+constexpr int kDirectRows = 4;  // up to this many query rows, keys are read in place (decode)
 
-// Loads head g of key/value j into column jj of KT ([hd][kKeyTile]) and row jj of V.
-inline void load_kv(const AttentionParams& p, const SeqSpan& sp, const int32_t* table, int32_t g, int32_t j, int jj,
-                    float* KT, float* V) {
-  const int hd = p.head_dim;
-  if (j >= sp.pos0) {
-    const float* row = p.qkv + int64_t(sp.tok_start + j - sp.pos0) * p.qkv_stride;
-    const float* k = row + int64_t(p.n_heads + g) * hd;
-    const float* v = row + int64_t(p.n_heads + p.n_kv_heads + g) * hd;
-    if (p.kv_dtype == DType::BF16) {  // the values the cache will hold, so decode == prefill
-      for (int d = 0; d < hd; ++d) KT[d * kKeyTile + jj] = bf16f(to_bf16(k[d]));
-      for (int d = 0; d < hd; ++d) V[jj * hd + d] = bf16f(to_bf16(v[d]));
-    } else {
-      for (int d = 0; d < hd; ++d) KT[d * kKeyTile + jj] = k[d];
-      for (int d = 0; d < hd; ++d) V[jj * hd + d] = v[d];
-    }
-    return;
-  }
-  int64_t off = kv_slot(p.layout, sp, table, j) * int64_t(p.n_kv_heads) * hd + int64_t(g) * hd;
-  if (p.kv_dtype == DType::BF16) {
-    const uint16_t* k = static_cast<const uint16_t*>(p.k_cache) + off;
-    const uint16_t* v = static_cast<const uint16_t*>(p.v_cache) + off;
-    for (int d = 0; d < hd; ++d) KT[d * kKeyTile + jj] = bf16f(k[d]);
-    for (int d = 0; d < hd; ++d) V[jj * hd + d] = bf16f(v[d]);
-  } else {
-    const float* k = row_ptr_f32(p.k_cache, off);
-    const float* v = row_ptr_f32(p.v_cache, off);
-    for (int d = 0; d < hd; ++d) KT[d * kKeyTile + jj] = k[d];
-    for (int d = 0; d < hd; ++d) V[jj * hd + d] = v[d];
-  }
+inline float dot(const float* a, const float* b, int n) {
+  float acc[16] = {};
+  int i = 0;
+  for (; i + 16 <= n; i += 16)
+    for (int l = 0; l < 16; ++l) acc[l] += a[i + l] * b[i + l];
+  float s = 0.0f;
+  for (int l = 0; l < 16; ++l) s += acc[l];
+  for (; i < n; ++i) s += a[i] * b[i];
+  return s;
 }
 
-void attention_task(const AttentionParams& p, int32_t s, int32_t g, int32_t t0, int32_t t1, float* scratch) {
-  const SeqSpan& sp = p.meta.spans[s];
+struct AttnCtx {
+  const AttentionParams* p;
+  const SeqSpan* sp;
+  const int32_t* table;
+  int32_t g;
+  int hd;
+};
+
+// Pointer to head g of key (which = 0) or value (which = 1) at position j, as f32. Rows of the
+// step come from qkv; earlier ones from the cache. bf16 data is converted into tmp; keys of the
+// step are rounded to what a bf16 cache will hold, so decode and prefill see the same values.
+inline const float* kv_ptr(const AttnCtx& c, int32_t j, int which, float* tmp) {
+  const AttentionParams& p = *c.p;
+  const int hd = c.hd;
+  if (j >= c.sp->pos0) {
+    const float* row = p.qkv + int64_t(c.sp->tok_start + j - c.sp->pos0) * p.qkv_stride;
+    const float* x = row + int64_t(p.n_heads + which * p.n_kv_heads + c.g) * hd;
+    if (p.kv_dtype != DType::BF16) return x;
+    for (int d = 0; d < hd; ++d) tmp[d] = bf16f(to_bf16(x[d]));
+    return tmp;
+  }
+  int64_t off = kv_slot(p.layout, *c.sp, c.table, j) * int64_t(p.n_kv_heads) * hd + int64_t(c.g) * hd;
+  const void* base = which ? p.v_cache : p.k_cache;
+  if (p.kv_dtype == DType::BF16) {
+    const uint16_t* x = static_cast<const uint16_t*>(base) + off;
+    for (int d = 0; d < hd; ++d) tmp[d] = bf16f(x[d]);
+    return tmp;
+  }
+  return static_cast<const float*>(base) + off;
+}
+
+void attention_task(const AttentionParams& p, const AttnTask& task, float* scratch) {
+  const SeqSpan& sp = p.meta.spans[task.s];
   const int hd = p.head_dim;
   const int n_rep = p.n_heads / p.n_kv_heads;
-  const int rows = (t1 - t0) * n_rep;
+  const int rows = (task.t1 - task.t0) * n_rep;
   const bool local = p.layout.local;
   const int32_t W = p.layout.window, S = local ? p.layout.n_sinks : 0;
   const int32_t* table = local ? nullptr : p.meta.global_tables + int64_t(sp.table_row) * p.meta.table_stride;
+  const AttnCtx ctx{&p, &sp, table, task.g, hd};
+  const bool direct = rows <= kDirectRows;
 
-  float* Q = scratch;
-  float* O = Q + kMaxRows * hd;
-  float* KT = O + kMaxRows * hd;
-  float* V = KT + int64_t(hd) * kKeyTile;
-  float* Sc = V + int64_t(kKeyTile) * hd;
+  const int hdp = (hd + kPanel - 1) / kPanel * kPanel;
+  float* Q = scratch;                      // [rows, hd], pre-scaled
+  float* O = Q + kMaxRows * hd;            // [rows, hdp] unnormalised output
+  float* KT = O + kMaxRows * hdp;          // [hd, kKeyTile] keys of a tile, transposed
+  float* V = KT + int64_t(hd) * kKeyTile;  // [kKeyTile, hdp] values of a tile (padding stays 0)
+  float* Sc = V + int64_t(kKeyTile) * hdp; // [rows, kKeyTile] scores, then weights
   float* Mx = Sc + kMaxRows * kKeyTile;
   float* Ls = Mx + kMaxRows;
+  float* tmp = Ls + kMaxRows;
   int32_t rpos[kMaxRows];
 
-  for (int t = t0; t < t1; ++t)
+  for (int t = task.t0; t < task.t1; ++t)
     for (int h = 0; h < n_rep; ++h) {
-      int r = (t - t0) * n_rep + h;
-      const float* q = p.qkv + int64_t(sp.tok_start + t) * p.qkv_stride + int64_t(g * n_rep + h) * hd;
+      int r = (t - task.t0) * n_rep + h;
+      const float* q = p.qkv + int64_t(sp.tok_start + t) * p.qkv_stride + int64_t(task.g * n_rep + h) * hd;
       for (int d = 0; d < hd; ++d) Q[r * hd + d] = q[d] * p.scale;
-      for (int d = 0; d < hd; ++d) O[r * hd + d] = 0.0f;
+      for (int d = 0; d < hdp; ++d) O[r * hdp + d] = 0.0f;
       rpos[r] = sp.pos0 + t;
       Mx[r] = -INFINITY;
       Ls[r] = 0.0f;
     }
-  const int32_t pa = sp.pos0 + t0, pb = sp.pos0 + t1 - 1;
+  if (!direct)
+    for (int64_t i = 0; i < int64_t(kKeyTile) * hdp; ++i) V[i] = 0.0f;
+  const int32_t pa = sp.pos0 + task.t0, pb = sp.pos0 + task.t1 - 1;
 
   // Keys [j0, j1) in tiles aligned to absolute multiples of kKeyTile, so that a query sees the
-  // same tiles (and the same rounding) whether it is decoded alone or inside a prefill chunk.
+  // same tiles whether it is decoded alone or inside a prefill chunk, or split over threads.
   auto run_range = [&](int32_t j0, int32_t j1, bool sinks) {
+    j0 = int32_t(imax(j0, task.k0));
+    j1 = int32_t(imin(j1, task.k1));
     if (j0 >= j1) return;
     for (int32_t jb = j0 - j0 % kKeyTile; jb < j1; jb += kKeyTile) {
-      int32_t lo = jb > j0 ? jb : j0, hi = jb + kKeyTile < j1 ? jb + kKeyTile : j1;
-      for (int jj = 0; jj < kKeyTile; ++jj) {
-        int32_t j = jb + jj;
-        if (j >= lo && j < hi) {
-          load_kv(p, sp, table, g, j, jj, KT, V);
-        } else {
-          for (int d = 0; d < hd; ++d) KT[d * kKeyTile + jj] = 0.0f;
-          for (int d = 0; d < hd; ++d) V[jj * hd + d] = 0.0f;
+      const int32_t lo = jb > j0 ? jb : j0, hi = jb + kKeyTile < j1 ? jb + kKeyTile : j1;
+      auto allowed = [&](int r, int32_t j) { return j <= rpos[r] && (sinks || !local || j > rpos[r] - W); };
+      // Scores.
+      if (direct) {
+        for (int jj = 0; jj < kKeyTile; ++jj) {
+          const int32_t j = jb + jj;
+          if (j < lo || j >= hi) {
+            for (int r = 0; r < rows; ++r) Sc[r * kKeyTile + jj] = -INFINITY;
+            continue;
+          }
+          const float* k = kv_ptr(ctx, j, 0, tmp);
+          for (int r = 0; r < rows; ++r) Sc[r * kKeyTile + jj] = allowed(r, j) ? dot(Q + r * hd, k, hd) : -INFINITY;
         }
+      } else {
+        for (int jj = 0; jj < kKeyTile; ++jj) {
+          const int32_t j = jb + jj;
+          if (j >= lo && j < hi) {
+            const float* k = kv_ptr(ctx, j, 0, tmp);
+            for (int d = 0; d < hd; ++d) KT[d * kKeyTile + jj] = k[d];
+            const float* v = kv_ptr(ctx, j, 1, tmp);
+            for (int d = 0; d < hd; ++d) V[jj * hdp + d] = v[d];
+          } else {
+            for (int d = 0; d < hd; ++d) KT[d * kKeyTile + jj] = 0.0f;
+            for (int d = 0; d < hd; ++d) V[jj * hdp + d] = 0.0f;
+          }
+        }
+        tile_gemm(rows, Q, hd, KT, kKeyTile, hd, kKeyTile, Sc, kKeyTile, false);
+        for (int r = 0; r < rows; ++r)
+          for (int jj = 0; jj < kKeyTile; ++jj) {
+            const int32_t j = jb + jj;
+            if (!(j >= lo && j < hi && allowed(r, j))) Sc[r * kKeyTile + jj] = -INFINITY;
+          }
       }
+      // Online softmax: rescale what was accumulated, turn scores into weights.
       for (int r = 0; r < rows; ++r) {
         float* sr = Sc + r * kKeyTile;
-        for (int jj = 0; jj < kKeyTile; ++jj) sr[jj] = 0.0f;
-        const float* qr = Q + r * hd;
-        for (int d = 0; d < hd; ++d) {
-          float qd = qr[d];
-          const float* kd = KT + d * kKeyTile;
-          for (int jj = 0; jj < kKeyTile; ++jj) sr[jj] += qd * kd[jj];
-        }
-        const int32_t pr = rpos[r];
         float mx = -INFINITY;
-        for (int jj = 0; jj < kKeyTile; ++jj) {
-          int32_t j = jb + jj;
-          bool ok = j >= lo && j < hi && j <= pr && (sinks || !local || j > pr - W);
-          sr[jj] = ok ? sr[jj] : -INFINITY;
-          mx = sr[jj] > mx ? sr[jj] : mx;
+        for (int jj = 0; jj < kKeyTile; ++jj) mx = sr[jj] > mx ? sr[jj] : mx;
+        if (mx == -INFINITY) {
+          for (int jj = 0; jj < kKeyTile; ++jj) sr[jj] = 0.0f;
+          continue;
         }
-        if (mx == -INFINITY) continue;
-        float m_new = Mx[r] > mx ? Mx[r] : mx;
-        float corr = Mx[r] == -INFINITY ? 0.0f : fast_exp(Mx[r] - m_new);
+        const float m_new = Mx[r] > mx ? Mx[r] : mx;
+        const float corr = Mx[r] == -INFINITY ? 0.0f : fast_exp(Mx[r] - m_new);
         float sum = 0.0f;
         for (int jj = 0; jj < kKeyTile; ++jj) {
-          float e = sr[jj] == -INFINITY ? 0.0f : fast_exp(sr[jj] - m_new);
+          const float e = sr[jj] == -INFINITY ? 0.0f : fast_exp(sr[jj] - m_new);
           sr[jj] = e;
           sum += e;
         }
         Ls[r] = Ls[r] * corr + sum;
         Mx[r] = m_new;
-        float* orow = O + r * hd;
+        float* orow = O + r * hdp;
         for (int d = 0; d < hd; ++d) orow[d] *= corr;
+      }
+      // Weighted values.
+      if (direct) {
         for (int jj = 0; jj < kKeyTile; ++jj) {
-          float e = sr[jj];
-          if (e == 0.0f) continue;
-          const float* vj = V + jj * hd;
-          for (int d = 0; d < hd; ++d) orow[d] += e * vj[d];
+          const int32_t j = jb + jj;
+          if (j < lo || j >= hi) continue;
+          const float* v = nullptr;
+          for (int r = 0; r < rows; ++r) {
+            const float e = Sc[r * kKeyTile + jj];
+            if (e == 0.0f) continue;
+            if (!v) v = kv_ptr(ctx, j, 1, tmp + hd);
+            float* orow = O + r * hdp;
+            for (int d = 0; d < hd; ++d) orow[d] += e * v[d];
+          }
         }
+      } else {
+        tile_gemm(rows, Sc, kKeyTile, V, hdp, kKeyTile, hd, O, hdp, true);
       }
     }
   };
@@ -385,12 +457,23 @@ void attention_task(const AttentionParams& p, int32_t s, int32_t g, int32_t t0, 
     run_range(0, pb + 1, false);
   }
 
-  for (int t = t0; t < t1; ++t)
+  if (task.partial) {
+    float* m = task.partial;
+    float* l = m + rows;
+    float* o = l + rows;
+    for (int r = 0; r < rows; ++r) {
+      m[r] = Mx[r];
+      l[r] = Ls[r];
+      for (int d = 0; d < hd; ++d) o[r * hd + d] = O[r * hdp + d];
+    }
+    return;
+  }
+  for (int t = task.t0; t < task.t1; ++t)
     for (int h = 0; h < n_rep; ++h) {
-      int r = (t - t0) * n_rep + h;
-      float inv = 1.0f / Ls[r];
-      float* out = p.out + int64_t(sp.tok_start + t) * p.n_heads * hd + int64_t(g * n_rep + h) * hd;
-      for (int d = 0; d < hd; ++d) out[d] = O[r * hd + d] * inv;
+      const int r = (t - task.t0) * n_rep + h;
+      const float inv = 1.0f / Ls[r];
+      float* out = p.out + int64_t(sp.tok_start + t) * p.n_heads * hd + int64_t(task.g * n_rep + h) * hd;
+      for (int d = 0; d < hd; ++d) out[d] = O[r * hdp + d] * inv;
     }
 }
 
