@@ -64,6 +64,11 @@ int64_t KvCache::blocks_for(int32_t n) const {
   return (int64_t(n) + cfg_.block_size - 1) / cfg_.block_size;
 }
 
+int64_t KvCache::blocks_missing(SeqId s, int32_t n) const {
+  HYCO_ASSERT(is_live(s));
+  return std::max<int64_t>(0, blocks_for(n) - int64_t(seqs_[s].blocks.size()));
+}
+
 int64_t KvCache::bytes_used() const {
   if (bytes_total_ == 0) return 0;
   int64_t live = 0, blocks = 0;

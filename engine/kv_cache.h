@@ -50,6 +50,8 @@ class KvCache {
   int64_t n_total_blocks() const { return n_blocks_; }
   // Global blocks a sequence of n positions needs.
   int64_t blocks_for(int32_t n) const;
+  // Blocks `s` still lacks to hold n positions (it may hold more already).
+  int64_t blocks_missing(SeqId s, int32_t n) const;
   // Bytes of K/V storage held (all layers, rings and pool).
   int64_t bytes_total() const { return bytes_total_; }
   int64_t bytes_used() const;

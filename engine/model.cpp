@@ -67,7 +67,7 @@ void Model::forward(const Batch& batch, KvCache& kv, std::vector<float>& logits)
     if (int64_t(pos0) + b.n_tokens > kv.n_ctx())
       throw InvalidArgument("sequence of " + std::to_string(pos0 + int64_t(b.n_tokens)) +
                             " tokens exceeds the context of " + std::to_string(kv.n_ctx()));
-    blocks_needed += std::max<int64_t>(0, kv.blocks_for(pos0 + b.n_tokens) - kv.blocks_for(pos0));
+    blocks_needed += kv.blocks_missing(b.seq, pos0 + b.n_tokens);
     stride = std::max<int32_t>(stride, int32_t(kv.blocks_for(pos0 + b.n_tokens)));
     SeqSpan& s = spans_[i];
     s.tok_start = row;

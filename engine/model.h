@@ -49,16 +49,26 @@ struct Batch {
   int32_t n_out() const;
 };
 
-class Model {
+// What the scheduler drives: one forward step over a ragged batch. Model implements it; tests use
+// fakes.
+class StepExecutor {
+ public:
+  virtual ~StepExecutor() = default;
+  virtual const ModelConfig& config() const = 0;
+  // Appends the batch's tokens to their sequences' KV and returns logits [n_out, n_vocab].
+  virtual void forward(const Batch& batch, KvCache& kv, std::vector<float>& logits) = 0;
+};
+
+class Model final : public StepExecutor {
  public:
   // Throws ModelError (bad files) naming the file and tensor.
   static std::unique_ptr<Model> load(const std::string& dir, Backend& backend, const LoadOptions& opts = {});
   // Random weights of the given shape (benchmarks: speed does not depend on the values).
   static std::unique_ptr<Model> random(const ModelConfig& cfg, Backend& backend, uint64_t seed,
                                        std::optional<DType> matrix_dtype = std::nullopt);
-  ~Model();
+  ~Model() override;
 
-  const ModelConfig& config() const { return cfg_; }
+  const ModelConfig& config() const override { return cfg_; }
   Backend& backend() { return backend_; }
   int64_t weight_bytes() const { return weight_bytes_; }
   DType matrix_dtype() const { return matrix_dtype_; }
@@ -69,7 +79,7 @@ class Model {
   // Runs the batch and appends its tokens to each sequence's cache. logits ← [n_out, n_vocab].
   // Throws InvalidArgument for a token outside the vocabulary or a sequence past the KV context,
   // ResourceExhausted when the KV pool lacks blocks; the cache is unchanged in both cases.
-  void forward(const Batch& batch, KvCache& kv, std::vector<float>& logits);
+  void forward(const Batch& batch, KvCache& kv, std::vector<float>& logits) override;
 
  private:
   struct Layer {

@@ -1,0 +1,91 @@
+// What a client asks of the scheduler (token ids, sampling, stops, limits) and what it gets back
+// (text chunks with their tokens, then one finish record), through a thread-safe handle.
+// The server's dialect adapters build CompletionRequests; nothing here knows HTTP or JSON.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <variant>
+#include <vector>
+
+#include "engine/sampler.h"
+
+namespace hyco {
+
+using Clock = std::chrono::steady_clock;
+
+struct StopConditions {
+  int32_t max_tokens = 16;                // < 0: until the context is full; 0: only fill the cache
+  std::vector<int32_t> stop_ids;          // end tokens (EOS, end of FIM): not part of the output
+  std::vector<std::string> stop_strings;  // output ends before the first of them; never sent partially
+  int32_t n_indent = 0;                   // llama.cpp: a later line indented less ends the output
+  double t_max_predict_ms = 0;            // llama.cpp: after a newline, stop once generation took this long
+};
+
+struct CompletionRequest {
+  std::string id;                 // for logs and /slots
+  std::vector<int32_t> prompt;    // token ids, not empty
+  SamplingParams sampling;
+  StopConditions stop;
+  bool cache_prompt = true;       // reuse a cached prefix and keep this sequence's KV afterwards
+  Clock::time_point deadline = Clock::time_point::max();  // cancelled when passed
+};
+
+struct TokenOut {
+  int32_t id = 0;
+  float logprob = 0;               // log-probability under the model (before sampling transforms)
+  std::vector<TokenLogprob> top;   // sampling.n_probs most likely alternatives
+};
+
+// Text that became final, with the tokens generated since the previous chunk.
+struct Chunk {
+  std::string text;
+  std::vector<TokenOut> tokens;
+  Clock::time_point at;
+};
+
+enum class FinishReason { Stop, Length, Cancelled, Error };
+const char* finish_reason_name(FinishReason r);  // "stop", "length", "cancelled", "error"
+
+struct Finish {
+  FinishReason reason = FinishReason::Stop;
+  std::string stop_type;      // llama.cpp: "eos", "word", "limit", "none"
+  std::string stopping_word;
+  std::string error;          // reason == Error
+  int32_t n_prompt = 0;       // prompt tokens
+  int32_t n_cached = 0;       // of which reused from the cache
+  int32_t n_generated = 0;
+  double queue_ms = 0, prompt_ms = 0, predict_ms = 0;  // waiting, prompt processing, generation
+  double ttft_ms = 0;         // submission to first token
+};
+
+using Event = std::variant<Chunk, Finish>;
+
+// Shared by the submitting thread and the scheduler. The client reads events until a Finish;
+// cancel() (client gone) frees the request's sequence within one scheduler step.
+class RequestHandle {
+ public:
+  void cancel() { cancelled_.store(true); }
+  bool cancelled() const { return cancelled_.load(); }
+
+  // Next event, or nullopt after `timeout` with none.
+  std::optional<Event> next(std::chrono::milliseconds timeout);
+  // Scheduler side.
+  void push(Event e);
+  bool finished() const { return finished_.load(); }
+
+ private:
+  std::atomic<bool> cancelled_{false};
+  std::atomic<bool> finished_{false};
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<Event> events_;
+};
+
+}  // namespace hyco

@@ -1,0 +1,372 @@
+// The scheduler as a pure component: a fake model (next token = last token + 1) records every
+// batch, and the tests drive the loop step by step — ordering, chunking, fairness, admission
+// against KV memory, queue limits, cancellation at every point, prefix reuse, stops.
+#include <memory>
+#include <thread>
+
+#include "engine/errors.h"
+#include "engine/scheduler.h"
+#include "tests/catch.hpp"
+#include "tests/test_util.h"
+
+using namespace hyco;
+
+namespace {
+
+class FakeModel : public StepExecutor {
+ public:
+  explicit FakeModel(const ModelConfig& c) : cfg_(c) {}
+  const ModelConfig& config() const override { return cfg_; }
+  void forward(const Batch& b, KvCache& kv, std::vector<float>& logits) override {
+    batches.push_back(b);
+    logits.assign(size_t(b.n_out()) * size_t(cfg_.n_vocab), 0.0f);
+    size_t tok = 0, row = 0;
+    for (const auto& s : b.spans) {
+      const int32_t len = kv.length(s.seq) + s.n_tokens;
+      REQUIRE(kv.reserve(s.seq, len));  // the scheduler reserved this at admission
+      kv.set_length(s.seq, len);
+      tok += size_t(s.n_tokens);
+      if (s.logits_last) {
+        int32_t next = (b.tokens[tok - 1] + 1) % cfg_.n_vocab;
+        logits[row * size_t(cfg_.n_vocab) + size_t(next)] = 10.0f;
+        ++row;
+      }
+    }
+  }
+  std::vector<Batch> batches;
+
+ private:
+  ModelConfig cfg_;
+};
+
+struct Rig {
+  ModelConfig cfg = hyco::test::tiny_config("LG", 8);
+  std::unique_ptr<Backend> backend = make_cpu_backend(1);
+  FakeModel model{cfg};
+  std::unique_ptr<KvCache> kv;
+  std::unique_ptr<Scheduler> sched;
+
+  explicit Rig(SchedulerConfig sc, int n_seqs = 8, int n_ctx = 512, int64_t kv_bytes = 0) {
+    KvCacheConfig kc;
+    kc.n_seqs = n_seqs;
+    kc.n_ctx = n_ctx;
+    kc.block_size = 16;
+    kc.rollback = 16;
+    kc.memory_bytes = kv_bytes;
+    kv = std::make_unique<KvCache>(cfg, *backend, kc);
+    sched = std::make_unique<Scheduler>(model, *kv, nullptr, sc, false);
+  }
+  std::shared_ptr<RequestHandle> submit(std::vector<int32_t> prompt, int max_tokens, std::string id = "") {
+    CompletionRequest r;
+    r.id = id;
+    r.prompt = std::move(prompt);
+    r.stop.max_tokens = max_tokens;
+    return sched->submit(std::move(r));
+  }
+};
+
+std::vector<int32_t> seq_tokens(int32_t first, int32_t n) {
+  std::vector<int32_t> t;
+  for (int32_t i = 0; i < n; ++i) t.push_back((first + i) % 200);
+  return t;
+}
+
+// All events so far; the finish, if any, last.
+struct Drained {
+  std::vector<int32_t> tokens;
+  std::optional<Finish> finish;
+};
+Drained drain(RequestHandle& h) {
+  Drained d;
+  while (auto e = h.next(std::chrono::milliseconds(0))) {
+    if (auto* c = std::get_if<Chunk>(&*e)) {
+      for (auto& t : c->tokens) d.tokens.push_back(t.id);
+    } else {
+      d.finish = std::get<Finish>(*e);
+    }
+  }
+  return d;
+}
+
+}  // namespace
+
+TEST_CASE("running streams decode every step while a long prompt is prefilled in chunks behind them", "[scheduler]") {
+  SchedulerConfig sc;
+  sc.parallel = 3;
+  sc.batch_tokens = 16;
+  Rig r(sc);
+  auto a = r.submit(seq_tokens(1, 5), 50, "a");
+  auto b = r.submit(seq_tokens(40, 4), 50, "b");
+  r.sched->step();  // both prompts in one batch, each gets its first token
+  REQUIRE(r.model.batches.size() == 1);
+  CHECK(r.model.batches[0].spans.size() == 2);
+  auto c = r.submit(seq_tokens(80, 100), 5, "c");
+  int prefill_steps = 0;
+  for (int step = 0; step < 8; ++step) {
+    r.sched->step();
+    const Batch& bt = r.model.batches.back();
+    CHECK(int(bt.tokens.size()) <= sc.batch_tokens);
+    REQUIRE(bt.spans.size() == 3);
+    CHECK(bt.spans[0].n_tokens == 1);  // a's decode token
+    CHECK(bt.spans[1].n_tokens == 1);  // b's decode token
+    CHECK(bt.spans[2].n_tokens <= 14);  // c's prompt, in the budget that is left
+    ++prefill_steps;
+  }
+  CHECK(prefill_steps == 8);  // ceil(100 / 14)
+  CHECK(r.sched->slots()[2].n_computed == 100);
+  auto da = drain(*a);
+  CHECK(da.tokens == seq_tokens(6, 9));  // one token per step: no stall during c's prefill
+  auto dc = drain(*c);
+  CHECK(dc.tokens == std::vector<int32_t>{180 % 200});
+}
+
+TEST_CASE("at most parallel sequences run and waiting requests start in arrival order", "[scheduler]") {
+  SchedulerConfig sc;
+  sc.parallel = 2;
+  sc.batch_tokens = 64;
+  Rig r(sc);
+  auto a = r.submit(seq_tokens(1, 4), 2, "a");
+  auto b = r.submit(seq_tokens(10, 4), 6, "b");
+  auto c = r.submit(seq_tokens(20, 4), 2, "c");
+  auto d = r.submit(seq_tokens(30, 4), 2, "d");
+  r.sched->step();
+  auto slots = r.sched->slots();
+  CHECK(slots[0].request_id == "a");
+  CHECK(slots[1].request_id == "b");
+  CHECK(r.sched->stats().n_waiting == 2);
+  r.sched->step();  // a generates its 2nd token and finishes; c takes its slot next step
+  CHECK(drain(*a).finish.has_value());
+  r.sched->step();
+  slots = r.sched->slots();
+  CHECK(slots[0].request_id == "c");
+  CHECK(slots[1].request_id == "b");
+  CHECK(r.sched->stats().n_waiting == 1);
+  while (r.sched->step()) {
+  }
+  for (auto* h : {&b, &c, &d}) {
+    auto dd = drain(**h);
+    REQUIRE(dd.finish);
+    CHECK(dd.finish->reason == FinishReason::Length);
+  }
+}
+
+TEST_CASE("a full queue refuses new requests", "[scheduler]") {
+  SchedulerConfig sc;
+  sc.parallel = 1;
+  sc.max_queue = 2;
+  Rig r(sc);
+  auto a = r.submit(seq_tokens(1, 4), 100);
+  r.sched->step();  // a runs
+  auto b = r.submit(seq_tokens(2, 4), 1);
+  auto c = r.submit(seq_tokens(3, 4), 1);
+  CHECK_THROWS_AS(r.submit(seq_tokens(4, 4), 1), QueueFull);
+  CHECK(r.sched->stats().n_rejected == 1);
+  a->cancel();
+  r.sched->step();
+  CHECK_NOTHROW(r.submit(seq_tokens(5, 4), 1));  // a left, b runs: room in the queue again
+}
+
+TEST_CASE("a cancelled request frees its sequence within one step wherever it is", "[scheduler]") {
+  SchedulerConfig sc;
+  sc.parallel = 2;
+  sc.batch_tokens = 8;
+  for (const char* when : {"queued", "prefill", "decode"}) {
+    SECTION(when) {
+      Rig r(sc);
+      auto blocker = r.submit(seq_tokens(1, 3), 100);
+      auto blocker2 = r.submit(seq_tokens(2, 3), 100);
+      std::shared_ptr<RequestHandle> h;
+      if (std::string(when) == "queued") {
+        r.sched->step();
+        h = r.submit(seq_tokens(50, 30), 20);
+        r.sched->step();
+        CHECK(r.sched->stats().n_waiting == 1);
+      } else {
+        blocker2->cancel();
+        r.sched->step();
+        h = r.submit(seq_tokens(50, 30), 20);
+        r.sched->step();  // admitted, first chunk of the 30-token prompt
+        if (std::string(when) == "decode")
+          for (int i = 0; i < 6; ++i) r.sched->step();
+        auto s = r.sched->slots();
+        CHECK((s[0].busy && s[1].busy));
+      }
+      const size_t batches = r.model.batches.size();
+      h->cancel();
+      r.sched->step();
+      auto d = drain(*h);
+      REQUIRE(d.finish);
+      CHECK(d.finish->reason == FinishReason::Cancelled);
+      const int others = std::string(when) == "queued" ? 2 : 1;  // the blockers still running
+      CHECK(r.sched->stats().n_running == others);
+      CHECK(r.sched->stats().n_waiting == 0);
+      // The step after the cancel ran without it.
+      const Batch& last = r.model.batches.back();
+      CHECK(r.model.batches.size() == batches + 1);
+      CHECK(int(last.spans.size()) == others);
+      CHECK(r.sched->stats().n_cancelled >= 1);
+    }
+  }
+}
+
+TEST_CASE("a request whose deadline passes is cancelled", "[scheduler]") {
+  SchedulerConfig sc;
+  Rig r(sc);
+  CompletionRequest req;
+  req.prompt = seq_tokens(1, 4);
+  req.stop.max_tokens = 100;
+  req.deadline = Clock::now() + std::chrono::milliseconds(30);
+  auto h = r.sched->submit(req);
+  r.sched->step();
+  std::this_thread::sleep_for(std::chrono::milliseconds(40));
+  r.sched->step();
+  auto d = drain(*h);
+  REQUIRE(d.finish);
+  CHECK(d.finish->reason == FinishReason::Cancelled);
+  CHECK(d.finish->error == "deadline passed");
+}
+
+TEST_CASE("admission waits for KV blocks and refuses what can never fit", "[scheduler]") {
+  SchedulerConfig sc;
+  sc.parallel = 3;
+  sc.batch_tokens = 256;
+  // Budget: the rings of 4 sequences plus 8 blocks of 16 positions in the global layer.
+  ModelConfig cfg = hyco::test::tiny_config("LG", 8);
+  const int64_t row = int64_t(cfg.kv_width()) * 4 * 2;
+  const int64_t rings = 4 * (8 + 16) * row;
+  Rig r(sc, 4, 512, rings + 8 * 16 * row);
+  REQUIRE(r.kv->n_total_blocks() == 8);
+  auto a = r.submit(seq_tokens(1, 40), 20);   // 60 positions: 4 blocks
+  auto b = r.submit(seq_tokens(2, 40), 20);   // 4 blocks
+  auto c = r.submit(seq_tokens(3, 40), 20);   // must wait
+  r.sched->step();
+  CHECK(r.sched->stats().n_running == 2);
+  CHECK(r.sched->stats().n_waiting == 1);
+  a->cancel();
+  r.sched->step();  // a's KV is kept for reuse, but evicted when c needs the blocks
+  r.sched->step();
+  CHECK(r.sched->slots()[0].busy);
+  CHECK(r.sched->stats().n_running == 2);
+  auto big = r.submit(seq_tokens(4, 200), 10);  // 14 blocks > 8 in the pool
+  while (r.sched->step()) {
+  }
+  auto d = drain(*big);
+  REQUIRE(d.finish);
+  CHECK(d.finish->reason == FinishReason::Error);
+  CHECK(d.finish->error.find("KV blocks") != std::string::npos);
+}
+
+TEST_CASE("a prompt that extends a finished one reuses its cached prefix", "[scheduler]") {
+  SchedulerConfig sc;
+  Rig r(sc);
+  auto p = seq_tokens(100, 30);
+  auto a = r.submit(p, 4);
+  while (r.sched->step()) {
+  }
+  auto da = drain(*a);
+  REQUIRE(da.finish);
+  CHECK(da.finish->n_cached == 0);
+  auto p2 = p;
+  p2.push_back(7);  // the user typed; 7 is not what a generated next
+  p2.push_back(8);
+  auto b = r.submit(p2, 4);
+  while (r.sched->step()) {
+  }
+  auto db = drain(*b);
+  REQUIRE(db.finish);
+  CHECK(db.finish->n_cached == 30);
+  CHECK(r.sched->stats().n_cached_tokens == 30);
+  // And the output is the one a fresh computation gives (the fake continues from the last token).
+  CHECK(db.tokens == std::vector<int32_t>{9, 10, 11, 12});
+}
+
+TEST_CASE("generation ends at max tokens, at a stop id, and max_tokens 0 only fills the cache", "[scheduler]") {
+  SchedulerConfig sc;
+  Rig r(sc);
+  CompletionRequest req;
+  req.prompt = seq_tokens(10, 5);  // ..14: the fake then generates 15, 16, ...
+  req.stop.max_tokens = 50;
+  req.stop.stop_ids = {18};
+  auto h = r.sched->submit(req);
+  while (r.sched->step()) {
+  }
+  auto d = drain(*h);
+  REQUIRE(d.finish);
+  CHECK(d.tokens == std::vector<int32_t>{15, 16, 17});
+  CHECK(d.finish->reason == FinishReason::Stop);
+  CHECK(d.finish->stop_type == "eos");
+
+  req.stop.stop_ids.clear();
+  req.stop.max_tokens = 3;
+  h = r.sched->submit(req);
+  while (r.sched->step()) {
+  }
+  d = drain(*h);
+  CHECK(d.finish->reason == FinishReason::Length);
+  CHECK(d.tokens.size() == 3);
+
+  req.prompt = seq_tokens(60, 20);
+  req.stop.max_tokens = 0;
+  h = r.sched->submit(req);
+  while (r.sched->step()) {
+  }
+  d = drain(*h);
+  CHECK(d.tokens.empty());
+  CHECK(d.finish->stop_type == "limit");
+  req.prompt.push_back(3);
+  req.stop.max_tokens = 1;
+  h = r.sched->submit(req);
+  while (r.sched->step()) {
+  }
+  CHECK(drain(*h).finish->n_cached == 20);
+}
+
+TEST_CASE("invalid requests are refused at submission", "[scheduler]") {
+  SchedulerConfig sc;
+  Rig r(sc, 8, 64);
+  CHECK_THROWS_AS(r.submit({}, 4), InvalidArgument);
+  CHECK_THROWS_AS(r.submit({1, 2, 500}, 4), InvalidArgument);   // outside the vocabulary
+  CHECK_THROWS_AS(r.submit(seq_tokens(1, 60), 10), InvalidArgument);  // past the context
+  CompletionRequest bad;
+  bad.prompt = {1, 2};
+  bad.sampling.temperature = -1;
+  CHECK_THROWS_AS(r.sched->submit(bad), InvalidArgument);
+}
+
+TEST_CASE("with its own thread the scheduler serves concurrent clients and drains on shutdown", "[scheduler]") {
+  ModelConfig cfg = hyco::test::tiny_config("LG", 8);
+  auto backend = make_cpu_backend(1);
+  FakeModel model(cfg);
+  KvCacheConfig kc;
+  kc.n_seqs = 8;
+  kc.n_ctx = 256;
+  kc.block_size = 16;
+  KvCache kv(cfg, *backend, kc);
+  SchedulerConfig sc;
+  sc.parallel = 4;
+  Scheduler sched(model, kv, nullptr, sc);
+  std::vector<std::thread> clients;
+  std::atomic<int> ok{0};
+  for (int i = 0; i < 8; ++i)
+    clients.emplace_back([&, i] {
+      CompletionRequest req;
+      req.prompt = seq_tokens(i * 10, 6);
+      req.stop.max_tokens = 10;
+      auto h = sched.submit(req);
+      std::vector<int32_t> got;
+      for (;;) {
+        auto e = h->next(std::chrono::seconds(10));
+        REQUIRE(e);
+        if (auto* c = std::get_if<Chunk>(&*e)) {
+          for (auto& t : c->tokens) got.push_back(t.id);
+        } else {
+          break;
+        }
+      }
+      if (got == seq_tokens(i * 10 + 6, 10)) ++ok;
+    });
+  for (auto& t : clients) t.join();
+  CHECK(ok == 8);
+  sched.shutdown(std::chrono::milliseconds(100));
+  CHECK_THROWS_AS(sched.submit(CompletionRequest{"x", {1}}), ResourceExhausted);
+}
