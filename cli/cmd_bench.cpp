@@ -12,7 +12,7 @@
 
 #include <nlohmann/json.hpp>
 
-#include "cli/backend_select.h"
+#include "kernels/backend_select.h"
 #include "cli/commands.h"
 #include "cli/load.h"
 #include "engine/errors.h"

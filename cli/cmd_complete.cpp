@@ -3,7 +3,7 @@
 #include <cstdio>
 #include <filesystem>
 
-#include "cli/backend_select.h"
+#include "kernels/backend_select.h"
 #include "cli/commands.h"
 #include "cli/load.h"
 #include "engine/errors.h"

@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "config/engine_options.h"
+#include "config/server_options.h"
 
 namespace hyco {
 
@@ -41,6 +42,7 @@ struct BenchArgs {
 };
 
 int run_info(const InfoArgs& a);
+int run_serve(const ServeOptions& o);
 int run_complete(const CompleteArgs& a);
 int run_bench(const BenchArgs& a);
 

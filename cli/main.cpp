@@ -34,6 +34,10 @@ int main(int argc, char** argv) {
   app.require_subcommand(1);
   app.set_version_flag("--version", "hyco 0.1.0");
 
+  ServeOptions serve;
+  auto* serve_cmd = app.add_subcommand("serve", "Serve completions over HTTP (OpenAI, llama.cpp and Ollama routes)");
+  add_serve_options(*serve_cmd, serve);
+
   InfoArgs info;
   auto* info_cmd = app.add_subcommand("info", "Print a model's shape, attention pattern and KV bytes per token");
   add_engine_options(*info_cmd, info.engine);
@@ -74,6 +78,10 @@ int main(int argc, char** argv) {
   }
   comp.has_suffix = suf->count() > 0;
   try {
+    if (*serve_cmd) {
+      if (!serve.config_file.empty()) apply_config_file(*serve_cmd, serve.config_file);
+      return run_serve(serve);
+    }
     if (*info_cmd) return run_info(info);
     if (*comp_cmd) return run_complete(comp);
     if (*bench_cmd) return run_bench(bench);

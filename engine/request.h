@@ -34,6 +34,7 @@ struct CompletionRequest {
   SamplingParams sampling;
   StopConditions stop;
   bool cache_prompt = true;       // reuse a cached prefix and keep this sequence's KV afterwards
+  bool logprobs = false;          // report each token's log-probability (also when n_probs is 0)
   Clock::time_point deadline = Clock::time_point::max();  // cancelled when passed
 };
 

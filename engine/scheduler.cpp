@@ -314,13 +314,10 @@ void Scheduler::sample_and_emit(Active& a, std::span<const float> row) {
   }
   std::vector<float> logits(row.begin(), row.end());
   TokenOut out;
-  if (a.req.sampling.n_probs > 0) {
-    out.top = Sampler::top_logprobs(logits, a.req.sampling.n_probs);
-  }
-  const std::vector<float> raw = a.req.sampling.n_probs > 0 ? logits : std::vector<float>();
-  const int32_t tok = a.sampler.sample(logits, a.tokens);
+  if (a.req.sampling.n_probs > 0) out.top = Sampler::top_logprobs(row, a.req.sampling.n_probs);
+  const int32_t tok = a.sampler.sample(logits, a.tokens);  // penalties modify `logits`, not `row`
   out.id = tok;
-  out.logprob = a.req.sampling.n_probs > 0 ? Sampler::logprob_of(raw, tok) : 0.0f;
+  if (a.req.logprobs || a.req.sampling.n_probs > 0) out.logprob = Sampler::logprob_of(row, tok);
   const auto now = Clock::now();
   if (a.n_generated == 0) a.t_first = now;
   if (std::find(st.stop_ids.begin(), st.stop_ids.end(), tok) != st.stop_ids.end()) {

@@ -1,6 +1,6 @@
 // Backend selection. The CUDA backend is linked only when HYCO_HAVE_CUDA; the CPU build never
 // needs a GPU or a driver.
-#include "cli/backend_select.h"
+#include "kernels/backend_select.h"
 
 #include "engine/errors.h"
 

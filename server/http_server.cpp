@@ -1,0 +1,443 @@
+// Routes, auth, limits, streaming and disconnect handling over cpp-httplib. See http_server.h.
+// NOTE: the only file that includes httplib.h.
+#include "server/http_server.h"
+
+#include <atomic>
+#include <chrono>
+#include <filesystem>
+#include <set>
+
+#include <httplib.h>
+#include <spdlog/spdlog.h>
+
+#include "server/dialect.h"
+#include "server/json_fields.h"
+
+namespace hyco {
+
+namespace jf = json_fields;
+
+namespace {
+
+const std::set<std::string> kRoutes = {
+    "/health", "/v1/models", "/metrics", "/tokenize", "/detokenize", "/v1/completions", "/v1/fim/completions",
+    "/completion", "/completions", "/infill", "/props", "/slots", "/api/generate", "/api/tags", "/api/version"};
+
+std::string route_label(const std::string& path) { return kRoutes.count(path) ? path : "other"; }
+
+ErrorStyle style_for(const std::string& path) {
+  if (path.rfind("/api/", 0) == 0) return ErrorStyle::Ollama;
+  if (path.rfind("/v1/", 0) == 0) return ErrorStyle::OpenAI;
+  return ErrorStyle::LlamaCpp;
+}
+
+bool constant_time_equal(const std::string& a, const std::string& b) {
+  unsigned char diff = a.size() == b.size() ? 0 : 1;
+  const size_t n = std::max(a.size(), b.size());
+  for (size_t i = 0; i < n; ++i) {
+    unsigned char x = i < a.size() ? static_cast<unsigned char>(a[i]) : 0;
+    unsigned char y = i < b.size() ? static_cast<unsigned char>(b[i]) : 0;
+    diff |= static_cast<unsigned char>(x ^ y);
+  }
+  return diff == 0;
+}
+
+void send_json(httplib::Response& res, int status, const json& body) {
+  res.status = status;
+  res.set_content(body.dump(-1, ' ', false, json::error_handler_t::replace), "application/json");
+}
+
+void send_error(httplib::Response& res, ErrorStyle style, const ApiError& e) {
+  if (e.status == 503) res.set_header("Retry-After", "1");
+  send_json(res, e.status, error_body(style, e));
+}
+
+double seconds_since(std::chrono::steady_clock::time_point t) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t).count();
+}
+
+}  // namespace
+
+struct HttpServer::Impl {
+  CompletionService& svc;
+  Metrics& metrics;
+  HttpOptions opts;
+  httplib::Server svr;
+  std::atomic<uint64_t> next_id{1};
+  int bound_port = 0;
+  int64_t started = unix_now();
+
+  Impl(CompletionService& s, Metrics& m, const HttpOptions& o) : svc(s), metrics(m), opts(o) {}
+
+  ServiceInfo info() const {
+    ServiceInfo i;
+    i.model_name = svc.model_name();
+    i.n_vocab = svc.config().n_vocab;
+    i.n_ctx = svc.n_ctx();
+    i.tok = &svc.tokenizer();
+    i.fim = svc.fim().supported();
+    return i;
+  }
+
+  void require_ready() const {
+    if (!svc.ready()) {
+      std::string err = svc.load_error();
+      throw ApiError(503, err.empty() ? "the model is loading" : "the model failed to load: " + err, "", "loading");
+    }
+  }
+
+  // Wraps a handler: every ApiError or unexpected exception becomes the dialect's error body.
+  template <class F>
+  httplib::Server::Handler guard(F f) {
+    return [this, f](const httplib::Request& req, httplib::Response& res) {
+      const ErrorStyle style = style_for(req.path);
+      try {
+        f(req, res);
+      } catch (const ApiError& e) {
+        send_error(res, style, e);
+      } catch (const TokenizerError& e) {
+        send_error(res, style, ApiError(400, e.what()));
+      } catch (const json::exception& e) {
+        send_error(res, style, ApiError(400, std::string("invalid request: ") + e.what()));
+      } catch (const std::exception& e) {
+        spdlog::error("{} {}: {}", req.method, req.path, e.what());
+        send_error(res, style, ApiError(500, std::string("internal error: ") + e.what()));
+      }
+    };
+  }
+
+  // ---- completions ------------------------------------------------------------------------------
+
+  struct Flow {
+    std::vector<std::shared_ptr<RequestHandle>> handles;
+    std::vector<ChoiceState> states;
+    std::unique_ptr<CompletionFormatter> fmt;
+    bool stream = false, sse = true;
+    std::string id, route;
+    std::chrono::steady_clock::time_point t0 = std::chrono::steady_clock::now();
+    std::vector<Clock::time_point> last_chunk;
+  };
+
+  template <class Parse>
+  void completion(const httplib::Request& req, httplib::Response& res, Parse parse, const std::string& route) {
+    require_ready();
+    json body = jf::parse_body(req.body);
+    ServiceInfo inf = info();
+    ParsedCompletion pc = parse(body, inf);
+    auto flow = std::make_shared<Flow>();
+    flow->id = "req-" + std::to_string(next_id++);
+    flow->route = route;
+    flow->stream = pc.stream;
+    flow->sse = pc.errors != ErrorStyle::Ollama;
+    flow->fmt = std::move(pc.formatter);
+    if (pc.choices.empty()) {  // Ollama: an empty prompt only loads the model
+      send_json(res, 200, {{"model", inf.model_name}, {"created_at", ""}, {"response", ""}, {"done", true}, {"done_reason", "load"}});
+      return;
+    }
+    std::vector<Prepared> preps;
+    for (auto& g : pc.choices) {
+      g.id = flow->id;
+      preps.push_back(svc.prepare(g));
+    }
+    const auto deadline = Clock::now() + std::chrono::milliseconds(int64_t(opts.request_timeout_s * 1000));
+    try {
+      for (size_t i = 0; i < preps.size(); ++i) {
+        preps[i].req.deadline = deadline;
+        ChoiceState st;
+        st.n_prompt = preps[i].n_prompt;
+        st.truncated = preps[i].truncated;
+        st.prompt_text = pc.prompt_texts.at(i);
+        flow->states.push_back(std::move(st));
+        flow->handles.push_back(svc.submit(std::move(preps[i].req)));
+      }
+    } catch (...) {
+      for (auto& h : flow->handles) h->cancel();
+      throw;
+    }
+    flow->last_chunk.assign(flow->handles.size(), Clock::time_point());
+    const char* type = !flow->stream ? "application/json" : flow->sse ? "text/event-stream" : "application/x-ndjson";
+    if (flow->stream) {
+      res.set_header("Cache-Control", "no-cache");
+      res.set_header("X-Accel-Buffering", "no");
+    }
+    res.set_chunked_content_provider(type, [this, flow](size_t, httplib::DataSink& sink) { return pump(*flow, sink); });
+  }
+
+  bool write_event(Flow& f, httplib::DataSink& sink, const json& j) {
+    std::string line = j.dump(-1, ' ', false, json::error_handler_t::replace);
+    line = f.sse ? "data: " + line + "\n\n" : line + "\n";
+    return sink.write(line.data(), line.size());
+  }
+
+  // Runs one response to its end: relays events as they come (streaming) or waits for all of
+  // them (not streaming), and cancels the work when the client goes away.
+  bool pump(Flow& f, httplib::DataSink& sink) {
+    size_t n_done = 0;
+    auto gone = [&] {
+      for (auto& h : f.handles) h->cancel();
+      metrics.count_disconnect();
+      spdlog::info("{} {} client disconnected, cancelled", f.id, f.route);
+      return false;
+    };
+    while (n_done < f.handles.size()) {
+      if (!sink.is_writable()) return gone();
+      bool any = false;
+      for (size_t i = 0; i < f.handles.size(); ++i) {
+        ChoiceState& st = f.states[i];
+        if (st.finish) continue;
+        auto timeout = any || i + 1 < f.handles.size() ? std::chrono::milliseconds(0) : std::chrono::milliseconds(50);
+        while (auto e = f.handles[i]->next(timeout)) {
+          any = true;
+          timeout = std::chrono::milliseconds(0);
+          if (auto* c = std::get_if<Chunk>(&*e)) {
+            observe_gaps(f, i, *c);
+            st.text += c->text;
+            st.tokens.insert(st.tokens.end(), c->tokens.begin(), c->tokens.end());
+            if (f.stream)
+              for (const json& j : f.fmt->on_chunk(int(i), *c, st))
+                if (!write_event(f, sink, j)) return gone();
+          } else {
+            st.finish = std::get<Finish>(*e);
+            ++n_done;
+            log_finish(f, st);
+            if (f.stream)
+              for (const json& j : f.fmt->on_finish(int(i), st))
+                if (!write_event(f, sink, j)) return gone();
+            break;
+          }
+        }
+      }
+    }
+    if (f.stream) {
+      for (const json& j : f.fmt->on_end(f.states))
+        if (!write_event(f, sink, j)) return gone();
+      if (f.sse) {
+        static const std::string kDone = "data: [DONE]\n\n";
+        if (!sink.write(kDone.data(), kDone.size())) return gone();
+      }
+    } else {
+      std::string body = f.fmt->full(f.states).dump(-1, ' ', false, json::error_handler_t::replace);
+      if (!sink.write(body.data(), body.size())) return gone();
+    }
+    metrics.observe_duration(seconds_since(f.t0));
+    sink.done();
+    return true;
+  }
+
+  void observe_gaps(Flow& f, size_t i, const Chunk& c) {
+    if (c.tokens.empty()) return;
+    if (f.last_chunk[i] != Clock::time_point()) {
+      double gap = std::chrono::duration<double>(c.at - f.last_chunk[i]).count() / double(c.tokens.size());
+      for (size_t k = 0; k < c.tokens.size(); ++k) metrics.observe_inter_token(gap);
+    }
+    f.last_chunk[i] = c.at;
+  }
+
+  void log_finish(const Flow& f, const ChoiceState& st) {
+    const Finish& fin = *st.finish;
+    if (fin.n_generated > 0) metrics.observe_ttft(fin.ttft_ms / 1e3);
+    const double tps = fin.predict_ms > 0 ? 1e3 * double(fin.n_generated) / fin.predict_ms : 0.0;
+    if (fin.reason == FinishReason::Error) {
+      spdlog::warn("{} {} prompt={} cached={} generated={} error: {}", f.id, f.route, fin.n_prompt, fin.n_cached,
+                   fin.n_generated, fin.error);
+    } else {
+      spdlog::info("{} {} prompt={} cached={} generated={} ttft={:.0f}ms {:.1f} tok/s finish={}{}", f.id, f.route,
+                   fin.n_prompt, fin.n_cached, fin.n_generated, fin.ttft_ms, tps, finish_reason_name(fin.reason),
+                   fin.error.empty() ? "" : " (" + fin.error + ")");
+    }
+  }
+
+  // ---- routes -------------------------------------------------------------------------------------
+
+  void routes() {
+    svr.Get("/health", [this](const httplib::Request&, httplib::Response& res) {
+      if (svc.ready()) {
+        send_json(res, 200, {{"status", "ok"}});
+      } else {
+        std::string err = svc.load_error();
+        res.set_header("Retry-After", "1");
+        send_json(res, 503, error_body(ErrorStyle::LlamaCpp,
+                                       ApiError(503, err.empty() ? "Loading model" : "model failed to load: " + err)));
+      }
+    });
+    svr.Get("/v1/models", guard([this](const httplib::Request&, httplib::Response& res) {
+              send_json(res, 200,
+                        {{"object", "list"},
+                         {"data", json::array({{{"id", svc.model_name()}, {"object", "model"}, {"created", started},
+                                                {"owned_by", "hyco"}}})}});
+            }));
+    svr.Get("/metrics", [this](const httplib::Request&, httplib::Response& res) {
+      SchedulerStats s = svc.ready() ? svc.scheduler().stats() : SchedulerStats{};
+      res.set_content(metrics.render(s, svc.ready()), "text/plain; version=0.0.4");
+    });
+    svr.Post("/tokenize", guard([this](const httplib::Request& req, httplib::Response& res) {
+               require_ready();
+               json b = jf::parse_body(req.body);
+               auto content = jf::get_string(b, "content");
+               if (!content) throw bad_request("content", "is required (the text to tokenize)");
+               auto ids = svc.tokenize(*content, jf::get_bool(b, "add_special").value_or(false));
+               json toks = json::array();
+               const bool pieces = jf::get_bool(b, "with_pieces").value_or(false);
+               for (int32_t id : ids) {
+                 if (pieces) toks.push_back({{"id", id}, {"piece", token_text(svc.tokenizer(), id)}});
+                 else toks.push_back(id);
+               }
+               send_json(res, 200, {{"tokens", toks}});
+             }));
+    svr.Post("/detokenize", guard([this](const httplib::Request& req, httplib::Response& res) {
+               require_ready();
+               json b = jf::parse_body(req.body);
+               const json* t = jf::find(b, "tokens");
+               if (!t) throw bad_request("tokens", "is required (a list of token ids)");
+               auto ids = jf::to_tokens(*t, "tokens", svc.tokenizer().n_vocab());
+               send_json(res, 200, {{"content", svc.detokenize(ids)}});
+             }));
+    svr.Post("/v1/completions", guard([this](const httplib::Request& q, httplib::Response& r) {
+               completion(q, r, parse_openai_completion, "/v1/completions");
+             }));
+    svr.Post("/v1/fim/completions", guard([this](const httplib::Request& q, httplib::Response& r) {
+               completion(q, r, parse_mistral_fim, "/v1/fim/completions");
+             }));
+    for (const char* path : {"/completion", "/completions"})
+      svr.Post(path, guard([this, path](const httplib::Request& q, httplib::Response& r) {
+                 completion(q, r, [](const json& b, const ServiceInfo& i) { return parse_llamacpp_completion(b, i, false); },
+                            path);
+               }));
+    svr.Post("/infill", guard([this](const httplib::Request& q, httplib::Response& r) {
+               completion(q, r, [](const json& b, const ServiceInfo& i) { return parse_llamacpp_completion(b, i, true); },
+                          "/infill");
+             }));
+    svr.Post("/api/generate", guard([this](const httplib::Request& q, httplib::Response& r) {
+               completion(q, r, parse_ollama_generate, "/api/generate");
+             }));
+    svr.Get("/props", guard([this](const httplib::Request&, httplib::Response& res) {
+              require_ready();
+              const auto& sc = svc.scheduler().config();
+              send_json(res, 200,
+                        {{"default_generation_settings", {{"n_ctx", svc.n_ctx()}, {"model", svc.model_name()}}},
+                         {"total_slots", sc.parallel},
+                         {"model_path", svc.model_dir()},
+                         {"model_alias", svc.model_name()},
+                         {"n_ctx", svc.n_ctx()},
+                         {"fim", fim_family_name(svc.fim().family)},
+                         {"attention_pattern", svc.config().pattern_string()},
+                         {"backend", svc.backend_name()},
+                         {"build_info", "hyco 0.1.0"},
+                         {"modalities", {{"vision", false}, {"audio", false}}}});
+            }));
+    svr.Get("/slots", guard([this](const httplib::Request&, httplib::Response& res) {
+              require_ready();
+              json out = json::array();
+              for (const SlotInfo& s : svc.scheduler().slots())
+                out.push_back({{"id", s.id},
+                               {"n_ctx", svc.n_ctx()},
+                               {"is_processing", s.busy},
+                               {"id_task", s.request_id},
+                               {"n_prompt_tokens", s.n_prompt},
+                               {"n_cached_tokens", s.n_cached},
+                               {"n_past", s.n_computed},
+                               {"n_decoded", s.n_generated}});
+              send_json(res, 200, out);
+            }));
+    svr.Get("/api/tags", guard([this](const httplib::Request&, httplib::Response& res) {
+              json models = json::array();
+              if (svc.ready()) {
+                const ModelConfig& c = svc.config();
+                char size[32];
+                std::snprintf(size, sizeof size, "%.1fM", double(c.n_params()) / 1e6);
+                models.push_back({{"name", svc.model_name() + ":latest"},
+                                  {"model", svc.model_name() + ":latest"},
+                                  {"modified_at", "1970-01-01T00:00:00Z"},
+                                  {"size", svc.weight_bytes()},
+                                  {"digest", ""},
+                                  {"details",
+                                   {{"parent_model", ""},
+                                    {"format", "safetensors"},
+                                    {"family", c.family},
+                                    {"families", json::array({c.family})},
+                                    {"parameter_size", size},
+                                    {"quantization_level", std::string(dtype_name(c.dtype))}}}});
+              }
+              send_json(res, 200, {{"models", models}});
+            }));
+    svr.Get("/api/version", [](const httplib::Request&, httplib::Response& res) {
+      send_json(res, 200, {{"version", "0.1.0"}});
+    });
+    svr.Options(R"(.*)", [](const httplib::Request&, httplib::Response& res) { res.status = 204; });
+  }
+
+  void middleware() {
+    svr.set_pre_routing_handler([this](const httplib::Request& req, httplib::Response& res) {
+      cors(req, res);
+      if (req.method == "OPTIONS" || opts.api_key.empty() || req.path == "/health")
+        return httplib::Server::HandlerResponse::Unhandled;
+      std::string auth = req.get_header_value("Authorization");
+      const std::string prefix = "Bearer ";
+      std::string given = auth.rfind(prefix, 0) == 0 ? auth.substr(prefix.size()) : std::string();
+      if (!constant_time_equal(given, opts.api_key)) {
+        res.set_header("WWW-Authenticate", "Bearer");
+        send_error(res, style_for(req.path),
+                   ApiError(401, auth.empty() ? "missing API key: send 'Authorization: Bearer <key>'" : "invalid API key",
+                            "", "invalid_api_key"));
+        return httplib::Server::HandlerResponse::Handled;
+      }
+      return httplib::Server::HandlerResponse::Unhandled;
+    });
+    svr.set_error_handler([](const httplib::Request& req, httplib::Response& res) {
+      if (!res.body.empty()) return;
+      std::string msg = res.status == 404   ? "no route " + req.method + " " + req.path
+                        : res.status == 413 ? "request body too large"
+                        : res.status == 405 ? "method not allowed"
+                                            : "request failed";
+      send_error(res, style_for(req.path), ApiError(res.status, msg, "", res.status == 404 ? "not_found" : ""));
+    });
+    svr.set_logger([this](const httplib::Request& req, const httplib::Response& res) {
+      metrics.count_request(route_label(req.path), res.status);
+      if (res.status >= 400) spdlog::info("{} {} -> {}", req.method, route_label(req.path), res.status);
+    });
+  }
+
+  void cors(const httplib::Request& req, httplib::Response& res) const {
+    if (opts.cors_origins.empty()) return;
+    std::string origin = req.get_header_value("Origin");
+    if (origin.empty()) return;
+    bool any = std::find(opts.cors_origins.begin(), opts.cors_origins.end(), "*") != opts.cors_origins.end();
+    if (!any && std::find(opts.cors_origins.begin(), opts.cors_origins.end(), origin) == opts.cors_origins.end()) return;
+    res.set_header("Access-Control-Allow-Origin", any ? "*" : origin);
+    res.set_header("Vary", "Origin");
+    res.set_header("Access-Control-Allow-Methods", "GET, POST, OPTIONS");
+    res.set_header("Access-Control-Allow-Headers", "Authorization, Content-Type");
+  }
+};
+
+HttpServer::HttpServer(CompletionService& svc, Metrics& metrics, const HttpOptions& opts)
+    : impl_(std::make_unique<Impl>(svc, metrics, opts)) {
+  auto& s = impl_->svr;
+  s.set_tcp_nodelay(true);
+  s.set_payload_max_length(opts.max_body_bytes);
+  s.set_read_timeout(opts.read_timeout_s, 0);
+  s.set_write_timeout(opts.read_timeout_s, 0);
+  s.set_keep_alive_timeout(5);
+  const int threads = opts.threads > 0 ? opts.threads : 64;
+  s.new_task_queue = [threads] { return new httplib::ThreadPool(size_t(threads)); };
+  impl_->middleware();
+  impl_->routes();
+}
+
+HttpServer::~HttpServer() = default;
+
+void HttpServer::bind() {
+  int port = impl_->opts.port;
+  bool ok = port == 0 ? (port = impl_->svr.bind_to_any_port(impl_->opts.host)) > 0
+                      : impl_->svr.bind_to_port(impl_->opts.host, port);
+  if (!ok)
+    throw std::runtime_error("cannot listen on " + impl_->opts.host + ":" + std::to_string(impl_->opts.port) +
+                             " (address in use, or not an address of this machine)");
+  impl_->bound_port = port;
+}
+
+int HttpServer::port() const { return impl_->bound_port; }
+void HttpServer::run() { impl_->svr.listen_after_bind(); }
+void HttpServer::stop() { impl_->svr.stop(); }
+
+}  // namespace hyco
