@@ -150,10 +150,12 @@ void KvCache::truncate(SeqId s, int32_t n) {
 int32_t KvCache::max_table_len() const { return int32_t(blocks_for(cfg_.n_ctx)); }
 
 void KvCache::fill_table(SeqId s, int32_t* row, int32_t stride) const {
+  // A sequence may hold blocks reserved beyond what the step reaches; the table needs only the
+  // first `stride` (the caller sizes it for the positions the step touches).
   const Seq& q = seqs_[s];
-  HYCO_ASSERT(int32_t(q.blocks.size()) <= stride);
-  std::copy(q.blocks.begin(), q.blocks.end(), row);
-  std::fill(row + q.blocks.size(), row + stride, 0);
+  const size_t n = std::min(q.blocks.size(), size_t(stride));
+  std::copy(q.blocks.begin(), q.blocks.begin() + std::ptrdiff_t(n), row);
+  std::fill(row + n, row + stride, 0);
 }
 
 }  // namespace hyco

@@ -61,7 +61,7 @@ class KvCache {
   Tensor& k(int layer) { return k_[layer]; }
   Tensor& v(int layer) { return v_[layer]; }
   int32_t ring_of(SeqId s) const { return seqs_[s].ring; }
-  // Writes the block table of `s` into row[0, stride); returns false if stride is too short.
+  // Writes the first `stride` block ids of `s` into row (zero-padded).
   void fill_table(SeqId s, int32_t* row, int32_t stride) const;
   int32_t max_table_len() const;
 

@@ -227,3 +227,15 @@ TEST_CASE("decode over a long context, split across threads, equals one prefill"
     }
   }
 }
+
+TEST_CASE("blocks reserved ahead of time (as the scheduler does) do not change the logits", "[consistency]") {
+  ModelConfig c = hyco::test::tiny_config("LG", 8);
+  Engine e(c);
+  auto toks = hyco::test::random_tokens(40, c.n_vocab, 31);
+  auto kv1 = e.cache(), kv2 = e.cache();
+  auto plain = e.feed(*kv1, *kv1->create(), toks, 7);
+  SeqId s = *kv2->create();
+  REQUIRE(kv2->reserve(s, 200));  // far more blocks than the 40 tokens reach
+  auto reserved = e.feed(*kv2, s, toks, 7);
+  CHECK(max_abs_diff(plain, reserved) == 0.0f);
+}

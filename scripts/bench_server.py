@@ -1,0 +1,247 @@
+#!/usr/bin/python3
+"""Load generator for a running hyco server: what users of an IDE plugin feel.
+
+Each client edits its own source file: its first request is a FIM request with a ~2K-token
+prefix and ~200-token suffix; every following request is the same file with the cursor a few
+characters further on (the user typed them), as llama.vim/llama.vscode send it — so prefix reuse
+matters. Requests go to /infill, streaming, 64 new tokens (EOS ignored so every request
+generates the same amount).
+
+  /usr/bin/python3 scripts/bench_server.py --url http://127.0.0.1:8012 --sources DIR \
+      [--clients 1,4,16,64] [--requests 6] [--json out.json]
+
+Reports per concurrency level: TTFT p50/p99 (request sent → first token), inter-token latency
+p50/p99, generated tokens/s over the level's wall time, errors; and the "cursor moved" speed-up:
+TTFT of a request extending a cached prompt vs the same request with cache_prompt false.
+"""
+
+import argparse
+import http.client
+import json
+import os
+import random
+import statistics
+import sys
+import threading
+import time
+import urllib.parse
+
+
+def percentile(xs, p):
+    if not xs:
+        return float("nan")
+    xs = sorted(xs)
+    k = (len(xs) - 1) * p / 100.0
+    lo, hi = int(k), min(int(k) + 1, len(xs) - 1)
+    return xs[lo] + (xs[hi] - xs[lo]) * (k - lo)
+
+
+class Server:
+    def __init__(self, url, api_key=None):
+        u = urllib.parse.urlparse(url)
+        self.host, self.port = u.hostname, u.port or 80
+        self.headers = {"Content-Type": "application/json"}
+        if api_key:
+            self.headers["Authorization"] = "Bearer " + api_key
+
+    def post(self, path, body):
+        c = http.client.HTTPConnection(self.host, self.port, timeout=600)
+        c.request("POST", path, json.dumps(body), self.headers)
+        r = c.getresponse()
+        data = r.read()
+        c.close()
+        if r.status != 200:
+            raise RuntimeError(f"{path}: HTTP {r.status}: {data[:200]!r}")
+        return json.loads(data)
+
+    def get(self, path):
+        c = http.client.HTTPConnection(self.host, self.port, timeout=60)
+        c.request("GET", path, headers=self.headers)
+        r = c.getresponse()
+        data = r.read()
+        c.close()
+        return r.status, data
+
+    def stream_infill(self, body):
+        """Streams /infill; returns (ttft_s, token_times, n_tokens, tokens_cached, status)."""
+        body = dict(body, stream=True)
+        c = http.client.HTTPConnection(self.host, self.port, timeout=600)
+        t0 = time.perf_counter()
+        c.request("POST", "/infill", json.dumps(body), self.headers)
+        r = c.getresponse()
+        if r.status != 200:
+            data = r.read()
+            c.close()
+            return None, [], 0, 0, r.status
+        ttft, times, n, cached = None, [], 0, 0
+        while True:
+            line = r.readline()
+            if not line:
+                break
+            line = line.strip()
+            if not line.startswith(b"data: "):
+                continue
+            payload = line[6:]
+            if payload == b"[DONE]":
+                break
+            ev = json.loads(payload)
+            now = time.perf_counter()
+            k = ev.get("tokens_predicted", 0) - n if not ev.get("stop") else 0
+            if not ev.get("stop") and k > 0:
+                if ttft is None:
+                    ttft = now - t0
+                times.extend([now] * k)
+                n += k
+            if ev.get("stop"):
+                cached = ev.get("tokens_cached", 0)
+        c.close()
+        return ttft, times, n, cached, 200
+
+
+def load_sources(path, min_bytes):
+    files = []
+    for root, _, names in os.walk(path):
+        for n in sorted(names):
+            if n.endswith((".rs", ".cpp", ".h", ".py", ".c")):
+                p = os.path.join(root, n)
+                try:
+                    t = open(p, encoding="utf-8").read()
+                except (UnicodeDecodeError, OSError):
+                    continue
+                if len(t) >= min_bytes:
+                    files.append(t)
+    files.sort(key=len)
+    return files
+
+
+class Doc:
+    """One client's file: the cursor starts so that the prefix is ~prefix_tokens long."""
+
+    def __init__(self, server, text, prefix_tokens, suffix_tokens, rng):
+        n_bytes_per_token = 3.5
+        want_pre = int(prefix_tokens * n_bytes_per_token)
+        want_suf = int(suffix_tokens * n_bytes_per_token)
+        start = max(0, len(text) - want_pre - want_suf - 400)
+        start = rng.randint(0, start) if start > 0 else 0
+        self.text = text[start:]
+        self.cursor = min(want_pre, len(self.text) - want_suf - 200)
+        self.gap = 200  # characters of the real file the "user" types, one burst at a time
+        self.want_suf = want_suf
+
+    def request(self, n_predict, cache_prompt=True):
+        prefix = self.text[: self.cursor]
+        suffix = self.text[self.cursor + self.gap: self.cursor + self.gap + self.want_suf]
+        return {"input_prefix": prefix, "input_suffix": suffix, "n_predict": n_predict, "temperature": 0,
+                "ignore_eos": True, "cache_prompt": cache_prompt, "samplers": ["top_k"], "top_k": 1}
+
+    def type(self, rng):
+        k = rng.randint(1, 10)
+        self.cursor += k
+        self.gap -= k
+        if self.gap < 20:
+            self.gap += 200
+
+
+def run_level(server, docs, n_clients, n_requests, n_predict, seed):
+    ttfts, itls, errors, statuses = [], [], 0, {}
+    tokens = 0
+    lock = threading.Lock()
+
+    def client(i):
+        nonlocal errors, tokens
+        rng = random.Random(seed * 1000 + i)
+        doc = docs[i]
+        for _ in range(n_requests):
+            try:
+                ttft, times, n, _, status = server.stream_infill(doc.request(n_predict))
+            except Exception:  # noqa: BLE001 - any transport failure counts as an error
+                ttft, times, n, status = None, [], 0, -1
+            with lock:
+                statuses[status] = statuses.get(status, 0) + 1
+                if status != 200 or ttft is None:
+                    errors += 1
+                else:
+                    ttfts.append(ttft)
+                    itls.extend(b - a for a, b in zip(times, times[1:]))
+                    tokens += n
+            doc.type(rng)
+
+    t0 = time.perf_counter()
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(n_clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - t0
+    return {"clients": n_clients, "requests": n_clients * n_requests, "errors": errors, "statuses": statuses,
+            "ttft_p50_ms": 1e3 * percentile(ttfts, 50), "ttft_p99_ms": 1e3 * percentile(ttfts, 99),
+            "itl_p50_ms": 1e3 * percentile(itls, 50), "itl_p99_ms": 1e3 * percentile(itls, 99),
+            "generated_tokens": tokens, "wall_s": wall, "tokens_per_s": tokens / wall}
+
+
+def cursor_moved(server, doc, n_predict):
+    """TTFT of a request after a keystroke, with and without reuse of the cached prompt."""
+    server.stream_infill(doc.request(n_predict))  # the request before the keystroke
+    doc.cursor += 3
+    doc.gap -= 3
+    warm = server.stream_infill(doc.request(n_predict))
+    doc.cursor += 3
+    doc.gap -= 3
+    cold = server.stream_infill(doc.request(n_predict, cache_prompt=False))
+    return {"ttft_reused_ms": 1e3 * warm[0], "tokens_cached": warm[3], "ttft_recomputed_ms": 1e3 * cold[0],
+            "speedup": cold[0] / warm[0]}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--url", default="http://127.0.0.1:8012")
+    ap.add_argument("--api-key", default=os.environ.get("HYCO_API_KEY"))
+    ap.add_argument("--sources", required=True, help="directory of source files to edit")
+    ap.add_argument("--clients", default="1,4,16,64")
+    ap.add_argument("--requests", type=int, default=6, help="requests per client per level")
+    ap.add_argument("--prefix-tokens", type=int, default=2048)
+    ap.add_argument("--suffix-tokens", type=int, default=200)
+    ap.add_argument("--n-predict", type=int, default=64)
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--json")
+    args = ap.parse_args()
+
+    server = Server(args.url, args.api_key)
+    status, _ = server.get("/health")
+    if status != 200:
+        sys.exit(f"server at {args.url} is not ready (/health {status})")
+    need = int((args.prefix_tokens + args.suffix_tokens) * 3.5) + 1200
+    sources = load_sources(args.sources, need)
+    if not sources:
+        sys.exit(f"no source file of at least {need} bytes under {args.sources}")
+    levels = [int(x) for x in args.clients.split(",")]
+    rng = random.Random(args.seed)
+    props = json.loads(server.get("/props")[1])
+    out = {"url": args.url, "props": props, "settings": vars(args), "levels": []}
+    print(f"# {props.get('model_alias')} on {props.get('backend')}, {props.get('total_slots')} slots; "
+          f"prefix ~{args.prefix_tokens} tokens, suffix ~{args.suffix_tokens}, {args.n_predict} new tokens, "
+          f"{args.requests} requests per client")
+    print(f"{'clients':>7} {'reqs':>5} {'err':>4} | {'TTFT p50':>9} {'p99':>8} ms | {'ITL p50':>8} {'p99':>7} ms | {'tok/s':>8}")
+    for n in levels:
+        docs = [Doc(server, sources[(i * 7919) % len(sources)], args.prefix_tokens, args.suffix_tokens, rng)
+                for i in range(n)]
+        r = run_level(server, docs, n, args.requests, args.n_predict, args.seed)
+        out["levels"].append(r)
+        print(f"{n:7d} {r['requests']:5d} {r['errors']:4d} | {r['ttft_p50_ms']:9.1f} {r['ttft_p99_ms']:8.1f}    | "
+              f"{r['itl_p50_ms']:8.2f} {r['itl_p99_ms']:7.2f}    | {r['tokens_per_s']:8.1f}", flush=True)
+    if len(out["levels"]) > 1 and out["levels"][0]["tokens_per_s"] > 0:
+        base = out["levels"][0]["tokens_per_s"]
+        for r in out["levels"]:
+            r["scaling_vs_first"] = r["tokens_per_s"] / base
+    doc = Doc(server, sources[-1], args.prefix_tokens, args.suffix_tokens, rng)
+    cm = cursor_moved(server, doc, args.n_predict)
+    out["cursor_moved"] = cm
+    print(f"cursor moved: TTFT {cm['ttft_reused_ms']:.1f} ms reusing {cm['tokens_cached']} cached tokens vs "
+          f"{cm['ttft_recomputed_ms']:.1f} ms recomputing: {cm['speedup']:.1f}x")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(out, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
