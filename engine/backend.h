@@ -32,8 +32,9 @@ class Backend {
   virtual Tensor alloc(DType dtype, int64_t rows, int64_t cols) = 0;
   // Uploads a weight, converting to `dtype` and packing as the backend prefers for `role`.
   virtual Tensor upload_weight(const HostTensor& src, WeightRole role, DType dtype) = 0;
-  // Copies a row-major f32 or i32 tensor to the host as f32/i32 (same element size).
+  // Copies a row-major tensor's bytes to the host / from the host (n_bytes()).
   virtual void download(const Tensor& src, void* dst) = 0;
+  virtual void upload(Tensor& dst, const void* src) = 0;
   // Bytes of device memory allocated through this backend.
   virtual size_t bytes_allocated() const = 0;
 

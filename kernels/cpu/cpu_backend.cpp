@@ -140,6 +140,11 @@ class CpuBackend final : public Backend {
     std::memcpy(dst, src.data, src.n_bytes());
   }
 
+  void upload(Tensor& dst, const void* src) override {
+    HYCO_ASSERT(dst.layout == Layout::RowMajor);
+    std::memcpy(dst.data, src, dst.n_bytes());
+  }
+
   size_t bytes_allocated() const override { return allocated_->load(); }
 
   void begin_step(const StepMeta& meta) override {

@@ -1,0 +1,26 @@
+// One table of backend op cases (llama.cpp's test-backend-ops idea): each case runs an op on
+// deterministic random inputs through the Backend interface and returns its outputs, so any
+// backend can be compared with the reference CPU backend by normalised mean squared error.
+// Adding an op adds one case.
+#pragma once
+
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "engine/backend.h"
+
+namespace hyco::test {
+
+struct OpCase {
+  std::string name;
+  double max_nmse;  // derived from the dtype the op rounds to (see backend_op_cases.cpp)
+  std::function<std::vector<float>(Backend&)> run;
+};
+
+std::vector<OpCase> backend_op_cases();
+
+// Σ(a-b)² / Σb²; infinity when sizes differ or a value is not finite.
+double nmse(const std::vector<float>& a, const std::vector<float>& b);
+
+}  // namespace hyco::test
