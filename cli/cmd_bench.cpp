@@ -128,53 +128,70 @@ int run_bench(const BenchArgs& a) {
     const ModelConfig& c = model->config();
     for (int ctx : a.contexts) {
       if (ctx < 1) throw InvalidArgument("--contexts must be positive");
-      KvCacheConfig kc = to_kv_config(a.engine, c, default_kv_dtype(*backend), 1);
+      const int B = a.batch;
+      KvCacheConfig kc = to_kv_config(a.engine, c, default_kv_dtype(*backend), B);
       kc.n_ctx = ctx + a.decode_tokens + 1;
       kc.memory_bytes = 0;
       KvCache kv(c, *backend, kc);
       std::vector<int32_t> prompt(static_cast<size_t>(ctx));
       for (auto& t : prompt) t = int32_t(rng() % uint32_t(c.n_vocab));
 
+      // Prefill: the prompt of every sequence, one sequence at a time, in chunks (best of --repeat).
       double prefill_s = 1e30, decode_s = 1e30;
       std::vector<float> logits;
       Batch b;
-      SeqId seq = -1;
+      std::vector<SeqId> seqs;
       for (int rep = 0; rep < a.repeat; ++rep) {
-        if (seq >= 0) kv.release(seq);
-        seq = *kv.create();
-        auto t = clock_type::now();
-        for (int done = 0; done < ctx;) {
-          int n = std::min(a.chunk, ctx - done);
-          b.clear();
-          b.add(seq, std::span<const int32_t>(prompt.data() + done, size_t(n)), done + n == ctx);
-          model->forward(b, kv, logits);
-          done += n;
+        for (SeqId s : seqs) kv.release(s);
+        seqs.clear();
+        double total = 0;
+        for (int i = 0; i < B; ++i) {
+          SeqId seq = *kv.create();
+          seqs.push_back(seq);
+          auto t = clock_type::now();
+          for (int done = 0; done < ctx;) {
+            int n = std::min(a.chunk, ctx - done);
+            b.clear();
+            b.add(seq, std::span<const int32_t>(prompt.data() + done, size_t(n)), done + n == ctx);
+            model->forward(b, kv, logits);
+            done += n;
+          }
+          backend->sync();
+          total += seconds_since(t);
         }
-        prefill_s = std::min(prefill_s, seconds_since(t));
+        prefill_s = std::min(prefill_s, total / B);
       }
-      // Decode from the prefilled state; with --repeat, roll back and decode again.
-      const int32_t base_len = kv.length(seq);
-      const std::vector<float> first_logits = logits;
+      // Decode: every sequence one token per step, all in one batch; with --repeat, roll back
+      // and decode again.
+      const int32_t base_len = kv.length(seqs[0]);
+      std::vector<int32_t> next(size_t(B), int32_t(std::max_element(logits.begin(), logits.end()) - logits.begin()));
       for (int rep = 0; rep < a.repeat; ++rep) {
-        if (rep) kv.truncate(seq, base_len);
-        logits = first_logits;
+        if (rep)
+          for (SeqId s : seqs) kv.truncate(s, base_len);
         auto t = clock_type::now();
         for (int i = 0; i < a.decode_tokens; ++i) {
-          int32_t tok = int32_t(std::max_element(logits.begin(), logits.end()) - logits.begin());
           b.clear();
-          b.add(seq, std::span<const int32_t>(&tok, 1));
+          for (int k = 0; k < B; ++k) b.add(seqs[size_t(k)], std::span<const int32_t>(&next[size_t(k)], 1));
           model->forward(b, kv, logits);
+          for (int k = 0; k < B; ++k) {
+            const float* row = logits.data() + size_t(k) * size_t(c.n_vocab);
+            next[size_t(k)] = int32_t(std::max_element(row, row + c.n_vocab) - row);
+          }
         }
         decode_s = std::min(decode_s, seconds_since(t));
       }
+      const SeqId seq = seqs[0];
       double pf_flops = matmul_flops_per_token(c) * ctx + 2.0 * c.d_model * c.n_vocab;
       for (int64_t p = 0; p < ctx; ++p) pf_flops += attention_flops(c, p);
       double dec_bytes = 0, dec_flops = 0;
       for (int i = 0; i < a.decode_tokens; ++i) {
-        dec_bytes += decode_bytes(c, w_elem, dtype_size(kc.dtype), ctx + i);
-        dec_flops += matmul_flops_per_token(c) + 2.0 * c.d_model * c.n_vocab + attention_flops(c, ctx + i);
+        // The weights are read once per step for the whole batch; keys once per sequence.
+        const double w_bytes = decode_bytes(c, w_elem, dtype_size(kc.dtype), 0) -
+                               decode_bytes(c, 0, dtype_size(kc.dtype), 0);
+        dec_bytes += w_bytes + B * (decode_bytes(c, 0, dtype_size(kc.dtype), ctx + i));
+        dec_flops += B * (matmul_flops_per_token(c) + 2.0 * c.d_model * c.n_vocab + attention_flops(c, ctx + i));
       }
-      const int64_t kv_bytes = kv.bytes_used();
+      const int64_t kv_bytes = kv.bytes_used() / B;  // per sequence
       const int64_t n_pos = kv.length(seq);
       nlohmann::json r = {{"config", name},
                           {"pattern", c.pattern_string()},
@@ -184,7 +201,8 @@ int run_bench(const BenchArgs& a) {
                           {"prefill_seconds", prefill_s},
                           {"prefill_tokens_per_s", ctx / prefill_s},
                           {"prefill_gflops", pf_flops / prefill_s / 1e9},
-                          {"decode_tokens_per_s", a.decode_tokens / decode_s},
+                          {"batch", B},
+                          {"decode_tokens_per_s", double(B) * a.decode_tokens / decode_s},
                           {"decode_gflops", dec_flops / decode_s / 1e9},
                           {"decode_gbytes_per_s", dec_bytes / decode_s / 1e9},
                           {"kv_dtype", std::string(dtype_name(kc.dtype))},
@@ -193,7 +211,7 @@ int run_bench(const BenchArgs& a) {
       out["results"].push_back(r);
       std::printf("%-10s %-12s %7d | %10.0f %8.1f | %9.1f %8.1f | %12.0f %10.2f\n", name.c_str(),
                   c.pattern_string().substr(0, 12).c_str(), ctx, ctx / prefill_s, pf_flops / prefill_s / 1e9,
-                  a.decode_tokens / decode_s, dec_bytes / decode_s / 1e9, double(kv_bytes) / double(n_pos),
+                  double(B) * a.decode_tokens / decode_s, dec_bytes / decode_s / 1e9, double(kv_bytes) / double(n_pos),
                   double(kv_bytes) / 1048576.0);
       std::fflush(stdout);
     }

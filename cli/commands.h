@@ -35,6 +35,7 @@ struct BenchArgs {
   std::vector<int> contexts = {512, 1024, 2048, 4096, 8192, 16384};
   int window = 0;          // window for local/hybrid configs (0: the model's, else 1024)
   int decode_tokens = 32;  // decode steps timed at each context
+  int batch = 1;           // sequences decoded together (each with a prompt of the context length)
   int chunk = 512;         // prefill tokens per forward
   int repeat = 1;          // best of N timings
   std::string json;        // write results here

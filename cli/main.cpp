@@ -28,6 +28,10 @@ std::string preset_path(const std::string& name) {
 
 }  // namespace hyco
 
+#ifndef HYCO_HAVE_SERVER
+#define HYCO_HAVE_SERVER 0
+#endif
+
 int main(int argc, char** argv) {
   using namespace hyco;
   CLI::App app{"hyco — local code-completion server with hybrid attention"};
@@ -35,8 +39,10 @@ int main(int argc, char** argv) {
   app.set_version_flag("--version", "hyco 0.1.0");
 
   ServeOptions serve;
+#if HYCO_HAVE_SERVER
   auto* serve_cmd = app.add_subcommand("serve", "Serve completions over HTTP (OpenAI, llama.cpp and Ollama routes)");
   add_serve_options(*serve_cmd, serve);
+#endif
 
   InfoArgs info;
   auto* info_cmd = app.add_subcommand("info", "Print a model's shape, attention pattern and KV bytes per token");
@@ -66,6 +72,7 @@ int main(int argc, char** argv) {
   bench_cmd->add_option("--contexts", bench.contexts, "Context lengths")->delimiter(',')->capture_default_str();
   bench_cmd->add_option("--window", bench.window, "Window of the local/hybrid configurations (0: the model's, else 1024)")->capture_default_str();
   bench_cmd->add_option("--decode-tokens", bench.decode_tokens, "Decode steps timed per context")->check(CLI::Range(1, 100000))->capture_default_str();
+  bench_cmd->add_option("--batch", bench.batch, "Sequences decoded together (aggregate tokens/s)")->check(CLI::Range(1, 4096))->capture_default_str();
   bench_cmd->add_option("--chunk", bench.chunk, "Prefill tokens per forward")->check(CLI::Range(1, 1 << 20))->capture_default_str();
   bench_cmd->add_option("--repeat", bench.repeat, "Repeat each timing, keep the best")->check(CLI::Range(1, 100))->capture_default_str();
   bench_cmd->add_option("--json", bench.json, "Write the results as JSON to this file");
@@ -78,10 +85,12 @@ int main(int argc, char** argv) {
   }
   comp.has_suffix = suf->count() > 0;
   try {
+#if HYCO_HAVE_SERVER
     if (*serve_cmd) {
       if (!serve.config_file.empty()) apply_config_file(*serve_cmd, serve.config_file);
       return run_serve(serve);
     }
+#endif
     if (*info_cmd) return run_info(info);
     if (*comp_cmd) return run_complete(comp);
     if (*bench_cmd) return run_bench(bench);

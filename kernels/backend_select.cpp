@@ -5,7 +5,7 @@
 #include "engine/errors.h"
 
 #if HYCO_HAVE_CUDA
-#include "kernels/cuda/cuda_backend.h"
+#include "kernels/cuda/cuda_backend.h"  // plain C++: no CUDA headers
 #endif
 
 namespace hyco {

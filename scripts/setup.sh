@@ -7,7 +7,7 @@ pkgs=(
   build-essential cmake ninja-build pkg-config git xz-utils curl ca-certificates
   libcpp-httplib-dev nlohmann-json3-dev libspdlog-dev libcli11-dev catch2
   libsentencepiece-dev sentencepiece python3-sentencepiece
-  libopenblas-dev libopenblas0-pthread
+  libopenblas0-pthread
   python3-torch python3-numpy
 )
 # Optional extras: `--with-corpus` adds the Rust sources the default model is trained on.

@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# The GPU check: on a machine with an NVIDIA GPU and no network, builds the CUDA backend and
+# `hyco bench` (Release, sm_90 unless CUDA_ARCH says otherwise) with what that machine has, runs
+# the `gpu` tests (plus compute-sanitizer), then the benchmarks of issue 4, and writes logs and
+# JSON results to the directory given as the first argument. Needs no Debian package: the HTTP
+# server (cpp-httplib) is left out of this build. Each stage has a time limit so the whole check
+# stays within a few minutes; a stage that fails is recorded and the next one still runs.
+#   scripts/gpu_check.sh OUT_DIR [--quick]
+set -uo pipefail
+cd "$(dirname "$0")/.."
+out=${1:?usage: scripts/gpu_check.sh OUT_DIR [--quick]}
+quick=${2:-}
+mkdir -p "$out"
+arch=${CUDA_ARCH:-90}
+build=${BUILD_DIR:-build-gpu}
+status="$out/status.txt"
+: > "$status"
+stage() {  # stage NAME SECONDS COMMAND...
+  local name=$1 secs=$2
+  shift 2
+  local t0=$SECONDS
+  timeout "$secs" "$@" > "$out/$name.log" 2>&1
+  local rc=$?
+  echo "$name rc=$rc seconds=$((SECONDS - t0))" | tee -a "$status"
+  return $rc
+}
+
+nvidia-smi > "$out/nvidia-smi.txt" 2>&1
+python=${HYCO_PYTHON:-$(command -v python3)}
+gen=()
+command -v ninja > /dev/null && gen=(-G Ninja)
+stage configure 120 cmake -S . -B "$build" "${gen[@]}" -DCMAKE_BUILD_TYPE=Release -DHYCO_CUDA=ON -DHYCO_SERVER=OFF \
+  -DCMAKE_CUDA_ARCHITECTURES="$arch" -DHYCO_PYTHON="$python" || { cat "$out/configure.log"; exit 1; }
+stage build 360 cmake --build "$build" -j "$(nproc)" --target hyco test_gpu test_backend_ops test_consistency || {
+  tail -50 "$out/build.log"; exit 1; }
+
+# Tests: the gpu label (with the reference-suite fixture), then the same binary under
+# compute-sanitizer's memcheck.
+stage tests 240 ctest --test-dir "$build" -L gpu --output-on-failure
+stage sanitizer 300 compute-sanitizer --tool memcheck --error-exitcode 9 "$build/tests/test_gpu"
+
+hyco="$build/cli/hyco"
+bench() {  # bench NAME SECONDS ARGS...
+  local name=$1 secs=$2
+  shift 2
+  stage "bench-$name" "$secs" "$hyco" bench --device cuda --json "$out/bench-$name.json" "$@"
+}
+if [[ "$quick" == "--quick" ]]; then
+  bench tiny 60 --preset tinyllama-1.1b --contexts 1024 --decode-tokens 16
+else
+  # CodeLlama-7B shape: all-global vs hybrid (3 local : 1 global, window 4096).
+  bench codellama 300 --preset codellama-7b --configs 'global;pattern=LLLG,window=4096' \
+    --contexts 1024,8192,32768 --decode-tokens 32 --chunk 8192
+  # TinyLlama-1.1B shape: 64 concurrent sequences, 512-token prompts.
+  bench tinyllama-64 120 --preset tinyllama-1.1b --contexts 512 --decode-tokens 64 --batch 64 --chunk 512
+  bench tinyllama 120 --preset tinyllama-1.1b --contexts 1024,32768 --decode-tokens 32 --chunk 8192
+fi
+echo "results in $out"
+cat "$status"
