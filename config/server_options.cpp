@@ -95,6 +95,7 @@ void apply_config_file(CLI::App& app, const std::string& path) {
       else throw InvalidArgument("--config " + path + ": '" + key + "' must be a string, number, boolean or a list of them");
     };
     if (value.is_array()) {
+      if (value.empty()) continue;  // an empty list leaves the default (empty) in place
       for (const auto& v : value) one(v);
     } else {
       one(value);

@@ -3,16 +3,16 @@
 # Idempotent and non-interactive: README, .ci/run and the Dockerfiles all call this one script.
 set -euo pipefail
 
+# What the build needs (also all a Docker image needs: `scripts/setup.sh --build-only`).
 pkgs=(
-  build-essential cmake ninja-build pkg-config git xz-utils curl ca-certificates
-  libcpp-httplib-dev nlohmann-json3-dev libspdlog-dev libcli11-dev catch2
-  libsentencepiece-dev sentencepiece python3-sentencepiece
-  libopenblas0-pthread
-  python3-torch python3-numpy
+  build-essential cmake ninja-build pkg-config ca-certificates
+  libcpp-httplib-dev nlohmann-json3-dev libspdlog-dev libcli11-dev
+  libsentencepiece-dev
 )
-# Optional extras: `--with-corpus` adds the Rust sources the default model is trained on.
-if [[ "${1:-}" == "--with-corpus" ]]; then
-  pkgs+=(rust-src)
+# What the tests and the Python tooling (reference model, training, benchmarks) need.
+if [[ "${1:-}" != "--build-only" ]]; then
+  pkgs+=(catch2 git xz-utils curl sentencepiece python3-sentencepiece
+         libopenblas0-pthread python3-torch python3-numpy)
 fi
 
 missing=()
