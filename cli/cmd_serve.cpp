@@ -7,6 +7,7 @@
 #include <atomic>
 #include <thread>
 
+#include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
 
 #include "cli/commands.h"
@@ -17,6 +18,7 @@
 namespace hyco {
 
 int run_serve(const ServeOptions& o) {
+  spdlog::set_default_logger(spdlog::stderr_color_mt("hyco"));  // logs on stderr, like every server
   spdlog::set_level(spdlog::level::from_str(o.log_level));
   spdlog::set_pattern("%Y-%m-%d %H:%M:%S.%e %^%l%$ %v");
   // Signals are taken by one thread with sigwait; every other thread has them blocked.
