@@ -92,6 +92,10 @@ struct HttpServer::Impl {
     return [this, f](const httplib::Request& req, httplib::Response& res) {
       const ErrorStyle style = style_for(req.path);
       try {
+        // NOTE: cpp-httplib (0.11) enforces the payload limit only on bodies with a
+        // Content-Length; a chunked body of any size reaches the handler.
+        if (req.body.size() > opts.max_body_bytes)
+          throw ApiError(413, "request body too large (over " + std::to_string(opts.max_body_bytes) + " bytes)");
         f(req, res);
       } catch (const ApiError& e) {
         send_error(res, style, e);
@@ -414,6 +418,12 @@ HttpServer::HttpServer(CompletionService& svc, Metrics& metrics, const HttpOptio
     : impl_(std::make_unique<Impl>(svc, metrics, opts)) {
   auto& s = impl_->svr;
   s.set_tcp_nodelay(true);
+  // httplib's default sets SO_REUSEPORT on Linux, which lets a second server bind the same port
+  // and silently take half the connections; SO_REUSEADDR alone only allows a quick restart.
+  s.set_socket_options([](socket_t sock) {
+    int yes = 1;
+    setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, reinterpret_cast<const void*>(&yes), sizeof(yes));
+  });
   s.set_payload_max_length(opts.max_body_bytes);
   s.set_read_timeout(opts.read_timeout_s, 0);
   s.set_write_timeout(opts.read_timeout_s, 0);

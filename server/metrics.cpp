@@ -25,8 +25,12 @@ void Histogram::render(std::string& out, const std::string& name, const std::str
     out += buf;
   }
   cum += counts_.back();
-  std::snprintf(buf, sizeof buf, "%s_bucket{le=\"+Inf\"} %llu\n%s_sum %.6f\n%s_count %llu\n", name.c_str(),
-                (unsigned long long)cum, name.c_str(), sum_, name.c_str(), (unsigned long long)n_);
+  // NOTE: one line per snprintf: the three lines together overflow buf for the longer names.
+  std::snprintf(buf, sizeof buf, "%s_bucket{le=\"+Inf\"} %llu\n", name.c_str(), (unsigned long long)cum);
+  out += buf;
+  std::snprintf(buf, sizeof buf, "%s_sum %.6f\n", name.c_str(), sum_);
+  out += buf;
+  std::snprintf(buf, sizeof buf, "%s_count %llu\n", name.c_str(), (unsigned long long)n_);
   out += buf;
 }
 

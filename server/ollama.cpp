@@ -74,11 +74,15 @@ ParsedCompletion parse_ollama_generate(const json& b, const ServiceInfo& info) {
     g.prompt.suffix = *suffix;
   }
   g.prompt.text = prompt;
-  json opts = json::object();
-  if (const json* o = jf::find(b, "options")) {
+  // NOTE: read in place, never copied: a copy recurses once per nesting level of the client's
+  // JSON, and a deep enough value (1M levels, a 2 MB body) overflowed the stack.
+  static const json kNoOptions = json::object();
+  const json& opts = [&]() -> const json& {
+    const json* o = jf::find(b, "options");
+    if (!o) return kNoOptions;
     if (!o->is_object()) throw bad_request("options", "must be an object");
-    opts = *o;
-  }
+    return *o;
+  }();
   SamplingParams& s = g.sampling;
   s.temperature = float(jf::get_number(opts, "temperature", 0, 100).value_or(0.8));
   s.top_k = int32_t(jf::get_int(opts, "top_k", 0, 1 << 24).value_or(40));

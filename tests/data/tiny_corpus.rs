@@ -1,4 +1,5 @@
-// Text for the tiny test tokenizer (scripts/make_test_model.py). Written for hyco's tests.
+// Training text of the tiny test model and its tokenizer (scripts/make_test_model.py). Written for
+// hyco's tests; the greetings hold multi-byte UTF-8 (the 🦀 is four byte tokens in that vocabulary).
 use std::collections::HashMap;
 use std::fmt;
 
@@ -57,6 +58,16 @@ impl Shape {
             Shape::Rectangle { min, max } => (max.x - min.x) * (max.y - min.y),
         }
     }
+}
+
+/// Greetings in a few languages: "café" (é), "grüße" (ü), "你好" (CJK) and the crab.
+pub fn greetings() -> Vec<&'static str> {
+    vec!["café au lait", "grüße aus München", "你好，世界", "hello 🦀 crab"]
+}
+
+pub fn mascot() -> String {
+    // Ferris the crab: 🦀 says héllo
+    String::from("🦀 Ferris")
 }
 
 fn main() {

@@ -1,0 +1,268 @@
+"""Many clients at once: 16 concurrent streams through 4 slots each get exactly the tokens they
+get alone; a client that goes away (mid-stream, while waiting for its whole response, or while
+queued) frees its slot at once and is counted in /metrics, and a queued request whose client
+left never runs; a full queue answers 503 with Retry-After."""
+
+import json
+import os
+import socket
+import threading
+import time
+import unittest
+
+import harness as h
+
+LONG = 15000  # tokens: seconds of generation at --ctx 16384, so that a test can interrupt it
+
+
+def corpus_prompts(n):
+    """n different prompts: the first 1-3 lines of the corpus's items."""
+    with open(os.path.join(h.SOURCE_DIR, "tests", "data", "tiny_corpus.rs"), encoding="utf-8") as f:
+        items = [c + "\n" for c in f.read().split("\n\n") if c.strip()]
+    out = []
+    for lines in (1, 2, 3):
+        for it in items:
+            p = "".join(it.splitlines(keepends=True)[:lines])
+            if p not in out:
+                out.append(p)
+    return out[:n]
+
+
+class ConcurrentStreams(h.ServerTest):
+    SERVER_ARGS = ("--parallel", "4", "--threads", "2", "--batch-tokens", "64")
+
+    def test_16_streams_get_the_tokens_they_get_alone(self):
+        prompts = corpus_prompts(12)
+        fims = h.cases()["fim"]
+
+        def body(i):
+            if i < 12:
+                return "/completion", {"prompt": prompts[i], "n_predict": 48, "temperature": 0,
+                                       "ignore_eos": True, "return_tokens": True, "cache_prompt": False}
+            c = fims[i - 12]
+            return "/infill", {"input_prefix": c["prefix"], "input_suffix": c["suffix"], "n_predict": 48,
+                               "temperature": 0, "return_tokens": True, "cache_prompt": False}
+
+        alone = []
+        for i in range(16):
+            route, b = body(i)
+            r = self.server.post_json(route, b)
+            alone.append((r["tokens"], r["content"]))
+        self.assertEqual(len({tuple(t) for t, _ in alone}), 16, "the prompts should differ")
+
+        results = [None] * 16
+        errors = []
+        barrier = threading.Barrier(16)
+
+        def client(i):
+            try:
+                route, b = body(i)
+                barrier.wait()
+                s = self.server.stream(route, dict(b, stream=True))
+                events = h.sse_json(s.sse())
+                toks = [t for e in events for t in e["tokens"]]
+                results[i] = (toks, h.llamacpp_text(events), s.chunk_times)
+            except Exception as e:  # noqa: BLE001 - reported below
+                errors.append((i, repr(e)))
+
+        threads = [threading.Thread(target=client, args=(i,)) for i in range(16)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        self.assertFalse(errors, errors)
+        for i in range(16):
+            self.assertEqual(results[i][0], alone[i][0], f"client {i} tokens")
+            self.assertEqual(results[i][1], alone[i][1], f"client {i} text")
+        # They did run together: some stream started before another one ended.
+        spans = sorted((r[2][0], r[2][-1]) for r in results)
+        self.assertTrue(any(spans[k + 1][0] < spans[k][1] for k in range(15)), spans)
+        self.server.wait_idle()
+        slots = self.server.slots()
+        self.assertFalse(any(s["is_processing"] for s in slots), slots)
+
+
+class HalfOfTheClientsLeave(h.ServerTest):
+    SERVER_ARGS = ("--parallel", "4", "--threads", "2", "--ctx", "16384")
+
+    def test_the_others_are_not_disturbed(self):
+        # 12 streams through 4 slots; every other one is a long generation that its client
+        # drops after a few events. The rest get what they get alone, and all slots end free.
+        prompts = corpus_prompts(6)
+        alone = [self.server.post_json("/completion", {"prompt": p, "n_predict": 40, "temperature": 0,
+                                                       "ignore_eos": True, "return_tokens": True,
+                                                       "cache_prompt": False})["tokens"] for p in prompts]
+        before = self.server.metrics()
+        results, errors = {}, []
+        barrier = threading.Barrier(12)
+
+        def client(i):
+            try:
+                p = prompts[i // 2]
+                leave = i % 2 == 1
+                body = {"prompt": p, "n_predict": LONG if leave else 40, "temperature": 0, "ignore_eos": True,
+                        "return_tokens": True, "cache_prompt": False, "stream": True}
+                barrier.wait()
+                s = self.server.stream("/completion", body)
+                events = s.sse()
+                if leave:
+                    for _ in range(3):
+                        next(events)
+                    s.close(abort=i % 4 == 1)
+                    return
+                results[i] = [t for e in h.sse_json(events) for t in e["tokens"]]
+            except Exception as e:  # noqa: BLE001 - reported below
+                errors.append((i, repr(e)))
+
+        threads = [threading.Thread(target=client, args=(i,)) for i in range(12)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        self.assertFalse(errors, errors)
+        for i, toks in results.items():
+            self.assertEqual(toks, alone[i // 2], f"client {i}")
+
+        def settled():
+            m = self.server.metrics()
+            return (m["hyco_running_sequences"] == 0 and m["hyco_queue_depth"] == 0
+                    and m["hyco_cancelled_total"] == before["hyco_cancelled_total"] + 6)
+        self.server.wait_for(settled, 5, "the 6 cancellations")
+        self.assertFalse(any(s["is_processing"] for s in self.server.slots()))
+
+
+class Deadline(h.ServerTest):
+    SERVER_ARGS = ("--threads", "1", "--ctx", "16384", "--timeout", "0.5")
+
+    def test_request_past_the_timeout_is_cancelled(self):
+        before = self.server.metrics()
+        t0 = time.time()
+        r = self.server.post_json("/completion", {"prompt": h.cases()["plain"][0]["prompt"], "n_predict": LONG,
+                                                  "temperature": 0, "ignore_eos": True})
+        self.assertLess(time.time() - t0, 3.0)
+        self.assertEqual(r["stop_type"], "none")
+        self.assertLess(r["tokens_predicted"], LONG)
+        m = self.server.metrics()
+        self.assertEqual(m["hyco_cancelled_total"], before["hyco_cancelled_total"] + 1)
+        self.assertEqual(m["hyco_client_disconnects_total"], before["hyco_client_disconnects_total"])
+        self.server.wait_idle()
+        # A short request still runs normally.
+        case = h.cases()["plain"][1]
+        self.assertEqual(self.server.post_json("/completion", {"prompt": case["prompt"], "n_predict": 64,
+                                                               "temperature": 0})["content"], case["continuation"])
+
+
+class Disconnects(h.ServerTest):
+    # One slot, one queue place: the queue tests need them; the others work the same.
+    SERVER_ARGS = ("--parallel", "1", "--max-queue", "1", "--ctx", "16384", "--threads", "1")
+
+    def long_body(self, stream=True, prompt=None):
+        return {"prompt": prompt or h.cases()["plain"][0]["prompt"], "n_predict": LONG,
+                "temperature": 0, "ignore_eos": True, "stream": stream}
+
+    def busy(self):
+        return [s for s in self.server.slots() if s["is_processing"]]
+
+    def assertFreedWithin(self, before, cancelled, disconnects, timeout=1.0):
+        """Within `timeout`: no slot busy, nothing queued, and the counters went up by these."""
+        def freed():
+            m = self.server.metrics()
+            return (not self.busy() and m["hyco_queue_depth"] == 0
+                    and m["hyco_cancelled_total"] == before["hyco_cancelled_total"] + cancelled
+                    and m["hyco_client_disconnects_total"] == before["hyco_client_disconnects_total"] + disconnects)
+        try:
+            self.server.wait_for(freed, timeout, "the slot to be freed")
+        except AssertionError:
+            m = self.server.metrics()
+            self.fail(f"not freed within {timeout} s: slots {self.server.slots()}, "
+                      f"cancelled {m['hyco_cancelled_total']} (was {before['hyco_cancelled_total']}), "
+                      f"disconnects {m['hyco_client_disconnects_total']} "
+                      f"(was {before['hyco_client_disconnects_total']}), queue {m['hyco_queue_depth']}")
+
+    def tearDown(self):
+        self.server.wait_idle()
+        self.assertHealthy()
+
+    def test_disconnect_mid_stream(self):
+        # /completion because it takes ignore_eos (the test model ends every text it knows
+        # soon); the relay that notices the disconnect is the same for every route.
+        for abort in (False, True):  # a clean close (FIN) and a reset (RST)
+            before = self.server.metrics()
+            s = self.server.stream("/completion", self.long_body())
+            events = s.sse()
+            for _ in range(3):
+                next(events)
+            self.assertTrue(self.busy())
+            s.close(abort=abort)
+            self.assertFreedWithin(before, cancelled=1, disconnects=1)
+
+    def test_disconnect_while_waiting_for_a_whole_response(self):
+        before = self.server.metrics()
+        body = json.dumps(self.long_body(stream=False)).encode()
+        sock = socket.create_connection(("127.0.0.1", self.server.port))
+        sock.sendall(b"POST /completion HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+        self.server.wait_for(self.busy, 5, "the request to start")
+        sock.close()
+        self.assertFreedWithin(before, cancelled=1, disconnects=1)
+
+    def test_queued_request_whose_client_left_never_runs(self):
+        before = self.server.metrics()
+        running = self.server.stream("/completion", self.long_body())
+        next(running.sse())
+        # A prompt of another length, so that the prompt-token counter tells which ran.
+        queued_prompt = h.cases()["plain"][1]["prompt"]
+        queued = self.server.stream("/completion", self.long_body(prompt=queued_prompt))
+        self.server.wait_for(lambda: self.server.metrics()["hyco_queue_depth"] == 1, 5, "the queue")
+        self.assertEqual(len(self.busy()), 1)
+        queued.close()
+        # The queued one is dropped at once, while the running one goes on.
+        mid = dict(before, hyco_cancelled_total=before["hyco_cancelled_total"],
+                   hyco_client_disconnects_total=before["hyco_client_disconnects_total"])
+
+        def dropped():
+            m = self.server.metrics()
+            return (m["hyco_queue_depth"] == 0 and m["hyco_cancelled_total"] == mid["hyco_cancelled_total"] + 1
+                    and m["hyco_client_disconnects_total"] == mid["hyco_client_disconnects_total"] + 1)
+        self.server.wait_for(dropped, 1.0, "the queued request to be dropped")
+        self.assertEqual(len(self.busy()), 1)
+        running.close()
+        self.assertFreedWithin(before, cancelled=2, disconnects=2)
+        after = self.server.metrics()
+        n_running = len(self.server.post_json("/tokenize", {"content": h.cases()["plain"][0]["prompt"],
+                                                            "add_special": True})["tokens"])
+        self.assertEqual(after["hyco_prompt_tokens_total"] - before["hyco_prompt_tokens_total"], n_running,
+                         "the queued request was admitted")
+
+    def test_full_queue_answers_503_with_retry_after(self):
+        before = self.server.metrics()
+        running = self.server.stream("/completion", self.long_body())
+        next(running.sse())
+        queued = self.server.stream("/completion", self.long_body())
+        self.server.wait_for(lambda: self.server.metrics()["hyco_queue_depth"] == 1, 5, "the queue")
+        for route, body, stream in [
+            ("/completion", self.long_body(stream=False), False),
+            ("/completion", self.long_body(stream=True), True),
+            ("/v1/completions", {"prompt": "x", "max_tokens": 4}, False),
+            ("/api/generate", {"prompt": "x", "options": {"num_predict": 4}}, True),
+        ]:
+            r = self.server.post(route, body)
+            self.assertEqual(r.status, 503, (route, r))
+            self.assertIn("retry-after", r.headers, route)
+            self.assertGreaterEqual(int(r.headers["retry-after"]), 1)
+            err = r.json()["error"]
+            msg = err if isinstance(err, str) else err["message"]
+            self.assertIn("busy", msg)
+        self.assertGreaterEqual(self.server.metrics()["hyco_rejected_total"], before["hyco_rejected_total"] + 4)
+        self.assertHealthy()  # /health stays 200 while busy
+        queued.close()
+        running.close()
+        self.assertFreedWithin(before, cancelled=2, disconnects=2)
+        # And the server serves again.
+        r = self.server.post_json("/completion", {"prompt": h.cases()["plain"][1]["prompt"],
+                                                  "n_predict": 64, "temperature": 0})
+        self.assertEqual(r["content"], h.cases()["plain"][1]["continuation"])
+
+
+if __name__ == "__main__":
+    unittest.main()

@@ -1,0 +1,168 @@
+"""The process around the routes: SIGTERM drains (a running stream ends, finished or cancelled,
+new work is refused, and the process exits 0 within the grace period); a second server on a
+port in use fails at once with a clear message; configuration comes from a --config JSON file,
+HYCO_* environment variables and flags, flags winning, and an unknown or invalid key stops the
+start with a message naming it; a model that cannot be loaded ends the process."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+import unittest
+
+import harness as h
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_to_exit(args, env=None, timeout=20):
+    """Runs hyco to its exit; returns (exit status, output)."""
+    p = subprocess.run([h.BIN, *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=timeout,
+                       env=dict(os.environ, **(env or {})), stdin=subprocess.DEVNULL)
+    return p.returncode, p.stdout.decode("utf-8", "replace")
+
+
+class Shutdown(unittest.TestCase):
+    def test_sigterm_cancels_a_stream_after_the_grace_period_and_exits_0(self):
+        srv = h.Server("--threads", "1", "--ctx", "16384", "--shutdown-grace", "1").start()
+        try:
+            s = srv.stream("/completion", {"prompt": h.cases()["plain"][0]["prompt"], "n_predict": 15000,
+                                           "temperature": 0, "ignore_eos": True, "stream": True})
+            events = s.sse()
+            next(events)
+            t0 = time.time()
+            srv.proc.send_signal(signal.SIGTERM)
+            # While draining, new work is refused (or the port is already closed).
+            srv.wait_for(lambda: "draining" in srv.log(), 5, "the drain to start")
+            try:
+                r = srv.post("/completion", {"prompt": "fn", "n_predict": 2}, timeout=5)
+                self.assertEqual(r.status, 503, r)
+            except OSError:
+                pass
+            rest = list(events)
+            ended = time.time() - t0
+            self.assertEqual(rest[-1], b"[DONE]")
+            final = json.loads(rest[-2])
+            self.assertIs(final["stop"], True)
+            self.assertIn(final["stop_type"], ("none", "limit"))
+            self.assertLess(ended, 4.0, "the stream outlived the 1 s grace period")
+            srv.proc.wait(5)
+            self.assertEqual(srv.proc.returncode, 0, srv.log()[-2000:])
+            self.assertLess(time.time() - t0, 5.0)
+            self.assertIn("SIGTERM received", srv.log())
+        finally:
+            srv.stop()
+
+    def test_sigterm_lets_a_short_stream_finish(self):
+        srv = h.Server("--threads", "1", "--shutdown-grace", "10").start()
+        try:
+            case = h.cases()["plain"][1]
+            s = srv.stream("/completion", {"prompt": case["prompt"], "n_predict": 64, "temperature": 0,
+                                           "stream": True})
+            events = s.sse()
+            first = next(events)
+            srv.proc.send_signal(signal.SIGTERM)
+            rest = h.sse_json([first, *events])
+            self.assertEqual(h.llamacpp_text(rest), case["continuation"])
+            self.assertEqual(rest[-1]["stop_type"], "eos")
+            srv.proc.wait(10)
+            self.assertEqual(srv.proc.returncode, 0)
+        finally:
+            srv.stop()
+
+    def test_sigint_when_idle_exits_0(self):
+        srv = h.Server("--threads", "1").start()
+        self.assertEqual(srv.stop(signal.SIGINT, timeout=5), 0)
+
+
+class Startup(unittest.TestCase):
+    def test_port_in_use_fails_with_a_clear_message(self):
+        with h.Server("--threads", "1") as first:
+            t0 = time.time()
+            code, out = run_to_exit(["serve", "-m", h.MODEL, "--port", str(first.port)])
+            self.assertNotEqual(code, 0)
+            self.assertLess(time.time() - t0, 10)
+            self.assertIn(str(first.port), out)
+            self.assertRegex(out, r"(?i)cannot listen|in use")
+            self.assertEqual(first.get("/health").status, 200)  # the first one is unharmed
+
+    def test_model_that_cannot_load_ends_the_process(self):
+        with tempfile.TemporaryDirectory() as d:
+            for f in ("tokenizer.model", "model.safetensors"):
+                os.symlink(os.path.join(h.MODEL, f), os.path.join(d, f))
+            with open(os.path.join(h.MODEL, "config.json")) as f:
+                cfg = json.load(f)
+            cfg["hidden_size"] = "wide"
+            with open(os.path.join(d, "config.json"), "w") as f:
+                json.dump(cfg, f)
+            code, out = run_to_exit(["serve", "-m", d, "--port", "0"])
+            self.assertNotEqual(code, 0)
+            self.assertIn("hidden_size", out)
+            self.assertIn("cannot serve", out)
+
+
+class Config(unittest.TestCase):
+    def write_config(self, obj):
+        f = tempfile.NamedTemporaryFile("w", suffix=".json", delete=False)
+        f.write(obj if isinstance(obj, str) else json.dumps(obj))
+        f.close()
+        self.addCleanup(os.unlink, f.name)
+        return f.name
+
+    def test_file_sets_port_and_parallel(self):
+        port = free_port()
+        cfg = self.write_config({"port": port, "parallel": 3, "alias": "from-file", "threads": 1})
+        srv = h.Server("--config", cfg, port=None).start()
+        try:
+            self.assertEqual(srv.port, port)
+            props = srv.get("/props").json()
+            self.assertEqual(props["total_slots"], 3)
+            self.assertEqual(srv.get("/v1/models").json()["data"][0]["id"], "from-file")
+        finally:
+            self.assertEqual(srv.stop(), 0)
+
+    def test_flags_and_env_override_the_file(self):
+        cfg = self.write_config('{\n  // comments are allowed\n'
+                                '  "parallel": 3, "api-key": "from-file", "threads": 1\n}')
+        srv = h.Server("--config", cfg, "--parallel", "2", env={"HYCO_API_KEY": "from-env"},
+                       wait_ready=False).start()
+        try:
+            auth = {"Authorization": "Bearer from-env"}
+            srv.wait_for(lambda: srv.get("/health").status == 200, 10, "health")
+            self.assertEqual(srv.get("/props", headers=auth).json()["total_slots"], 2)
+            self.assertEqual(srv.get("/props", headers={"Authorization": "Bearer from-file"}).status, 401)
+        finally:
+            srv.stop()
+
+    def test_unknown_or_invalid_keys_stop_the_start(self):
+        for obj, word in [({"paralel": 3}, "paralel"), ({"parallel": "many"}, "parallel"),
+                          ({"parallel": 0}, "parallel"), ({"port": 70000}, "port"),
+                          ({"config": "other.json"}, "config"), ("{not json", "JSON"), ("[1]", "object")]:
+            with self.subTest(config=obj):
+                cfg = self.write_config(obj)
+                code, out = run_to_exit(["serve", "-m", h.MODEL, "--config", cfg], timeout=10)
+                self.assertNotEqual(code, 0, out)
+                self.assertIn(word, out)
+                self.assertNotIn("listening", out)
+        code, out = run_to_exit(["serve", "-m", h.MODEL, "--port", "0", "--config", "/nonexistent/hyco.json"])
+        self.assertNotEqual(code, 0)
+        self.assertIn("/nonexistent/hyco.json", out)
+
+    def test_invalid_flags_stop_the_start(self):
+        for args, word in [(["--parallel", "0"], "parallel"), (["--port", "-1"], "port"),
+                           (["--max-body", "10"], "max-body"), (["--no-such-flag"], "no-such-flag")]:
+            with self.subTest(args=args):
+                code, out = run_to_exit(["serve", "-m", h.MODEL, *args], timeout=10)
+                self.assertNotEqual(code, 0)
+                self.assertIn(word, out)
+
+
+if __name__ == "__main__":
+    unittest.main()
