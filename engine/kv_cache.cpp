@@ -2,10 +2,20 @@
 #include "engine/kv_cache.h"
 
 #include <algorithm>
+#include <cstdio>
+#include <string>
 
 #include "engine/errors.h"
 
 namespace hyco {
+
+namespace {
+std::string mib(int64_t bytes) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%.2f MiB", double(bytes) / 1048576.0);
+  return buf;
+}
+}  // namespace
 
 KvCache::KvCache(const ModelConfig& model, Backend& backend, const KvCacheConfig& cfg) : model_(model), cfg_(cfg) {
   if (!backend.supports_kv_dtype(cfg.dtype))
@@ -36,12 +46,12 @@ KvCache::KvCache(const ModelConfig& model, Backend& backend, const KvCacheConfig
     int64_t left = budget - cfg.n_seqs * ring_bytes;
     n_blocks_ = left > 0 ? left / block_bytes : 0;
     if (n_blocks_ < blocks_for(std::min(cfg.n_ctx, 1)))
-      throw ResourceExhausted("KV memory of " + std::to_string(budget >> 20) + " MiB leaves no room for global-layer blocks (" +
-                              std::to_string(cfg.n_seqs) + " sequences' rings take " +
-                              std::to_string((cfg.n_seqs * ring_bytes) >> 20) + " MiB)");
+      throw ResourceExhausted("KV memory of " + mib(budget) + " leaves no room for global-layer blocks (" +
+                              std::to_string(cfg.n_seqs) + " sequences' rings take " + mib(cfg.n_seqs * ring_bytes) +
+                              "; raise --kv-memory or lower --parallel / --cache-seqs)");
   } else if (cfg.n_seqs * ring_bytes > budget) {
-    throw ResourceExhausted("KV memory of " + std::to_string(budget >> 20) + " MiB cannot hold " +
-                            std::to_string(cfg.n_seqs) + " rings of " + std::to_string(ring_bytes >> 10) + " KiB");
+    throw ResourceExhausted("KV memory of " + mib(budget) + " cannot hold " + std::to_string(cfg.n_seqs) +
+                            " rings of " + mib(ring_bytes) + " (raise --kv-memory or lower --parallel / --cache-seqs)");
   }
 
   const int64_t local_rows = has_local_ ? cfg.n_seqs * ring_slots : 0;

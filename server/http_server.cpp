@@ -21,7 +21,7 @@ namespace {
 
 const std::set<std::string> kRoutes = {
     "/health", "/v1/models", "/metrics", "/tokenize", "/detokenize", "/v1/completions", "/v1/fim/completions",
-    "/completion", "/completions", "/infill", "/props", "/slots", "/api/generate", "/api/tags", "/api/version"};
+    "/completion", "/completions", "/infill", "/props", "/slots", "/api/generate", "/api/tags", "/api/version", "/api/show"};
 
 std::string route_label(const std::string& path) { return kRoutes.count(path) ? path : "other"; }
 
@@ -364,6 +364,40 @@ struct HttpServer::Impl {
               }
               send_json(res, 200, {{"models", models}});
             }));
+    // Ollama clients (e.g. Continue) read the template to learn whether the model does FIM.
+    svr.Post("/api/show", guard([this](const httplib::Request& req, httplib::Response& res) {
+               require_ready();
+               json b = jf::parse_body(req.body);
+               std::string name = jf::get_string(b, "model").value_or(jf::get_string(b, "name").value_or(""));
+               if (!model_name_matches(name, svc.model_name()))
+                 throw ApiError(404, "model '" + name + "' not found", "model");
+               const ModelConfig& c = svc.config();
+               const FimTemplate& f = svc.fim();
+               const Tokenizer& tok = svc.tokenizer();
+               std::string tmpl = "{{ .Prompt }}";
+               if (f.supported()) {
+                 auto p = [&](int32_t id) { return tok.piece(id); };
+                 tmpl = f.suffix_first
+                            ? "{{- if .Suffix }}" + p(f.suffix_id) + "{{ .Suffix }}" + p(f.prefix_id) + "{{ .Prompt }}" +
+                                  p(f.middle_id) + "{{- else }}{{ .Prompt }}{{- end }}"
+                            : "{{- if .Suffix }}" + p(f.prefix_id) + "{{ .Prompt }}" + p(f.suffix_id) + "{{ .Suffix }}" +
+                                  p(f.middle_id) + "{{- else }}{{ .Prompt }}{{- end }}";
+               }
+               json caps = json::array({"completion"});
+               if (f.supported()) caps.push_back("insert");
+               send_json(res, 200,
+                         {{"modelfile", "# served by hyco\nFROM " + svc.model_dir() + "\n"},
+                          {"parameters", ""},
+                          {"template", tmpl},
+                          {"details",
+                           {{"format", "safetensors"}, {"family", c.family}, {"families", json::array({c.family})},
+                            {"parameter_size", std::to_string(c.n_params())}, {"quantization_level", std::string(dtype_name(c.dtype))}}},
+                          {"model_info",
+                           {{"general.architecture", c.family},
+                            {"general.parameter_count", c.n_params()},
+                            {c.family + ".context_length", svc.n_ctx()}}},
+                          {"capabilities", caps}});
+             }));
     svr.Get("/api/version", [](const httplib::Request&, httplib::Response& res) {
       send_json(res, 200, {{"version", "0.1.0"}});
     });

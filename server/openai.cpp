@@ -265,7 +265,8 @@ ParsedCompletion parse_openai_completion(const json& b, const ServiceInfo& info)
   const bool echo = jf::get_bool(b, "echo").value_or(false);
   const auto logprobs = jf::get_int(b, "logprobs", 0, 5);
   const int32_t max_tokens = int32_t(jf::get_int(b, "max_tokens", 0, info.n_ctx).value_or(16));
-  auto stops = jf::get_string_list(b, "stop", 4).value_or(std::vector<std::string>{});
+  // OpenAI allows 4 stop strings; clients such as Continue send more to other hosts: up to 32.
+  auto stops = jf::get_string_list(b, "stop", 32).value_or(std::vector<std::string>{});
   auto seed = jf::get_int(b, "seed", INT64_MIN, INT64_MAX);
   auto suffix = jf::get_string(b, "suffix");
   (void)jf::get_string(b, "user");  // accepted, unused

@@ -139,8 +139,9 @@ Prepared CompletionService::prepare(const GenerationParams& p) const {
   const int32_t n_ctx = kv_->n_ctx();
   const int32_t reserve = p.stop.max_tokens >= 0 ? p.stop.max_tokens : std::min<int32_t>(256, n_ctx / 4);
   if (reserve >= n_ctx)
-    throw ApiError(400, "max tokens (" + std::to_string(reserve) + ") must be below the context of " +
-                            std::to_string(n_ctx) + " tokens", "max_tokens");
+    throw ApiError(400, "the number of tokens to generate (" + std::to_string(reserve) +
+                            ", max_tokens / n_predict / num_predict) must be below the context of " +
+                            std::to_string(n_ctx) + " tokens");
   const int32_t budget = n_ctx - reserve - 1;
   std::vector<int32_t> ids = build_prompt(p, budget, &out.truncated);
   if (ids.empty()) throw ApiError(400, "the prompt is empty", "prompt");
