@@ -62,6 +62,7 @@ if __name__ == "__main__":
 import numpy as np
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 
 GLOBAL = "full_attention"
 LOCAL = "sliding_attention"
@@ -180,7 +181,8 @@ def attention_mask(q_pos, k_pos, kind, window, sinks):
 
 def rope_cos_sin(positions, head_dim, theta, dtype):
     """cos, sin of shape [T, head_dim] (the half-size angles duplicated, HF layout)."""
-    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=dtype) / head_dim))
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=dtype,
+                                             device=positions.device) / head_dim))
     angles = positions.to(dtype)[:, None] * inv_freq[None, :]
     angles = torch.cat([angles, angles], dim=-1)
     return angles.cos(), angles.sin()
@@ -219,6 +221,9 @@ class Attention(torch.nn.Module):
         self.k_proj = torch.nn.Linear(d, self.n_kv_heads * self.head_dim, bias=qkv_bias)
         self.v_proj = torch.nn.Linear(d, self.n_kv_heads * self.head_dim, bias=qkv_bias)
         self.o_proj = torch.nn.Linear(self.n_heads * self.head_dim, d, bias=o_bias)
+        # Training only (HycoDecoder.use_sdpa): the same mask through torch >= 2's fused
+        # F.scaled_dot_product_attention instead of the written-out softmax below.
+        self.sdpa = False
 
     def forward(self, x, cos, sin, positions, rnd=no_rounding):
         *batch, t, _ = x.shape
@@ -237,6 +242,10 @@ class Attention(torch.nn.Module):
         k = k.repeat_interleave(group, dim=-3)
         v = v.repeat_interleave(group, dim=-3)
 
+        if self.sdpa:
+            out = self.fused_attention(q, k, v, positions, rnd)
+            return rnd(self.o_proj(out.transpose(-2, -3).reshape(*batch, t, self.n_heads * hd)))
+
         scores = rnd(rnd(q @ k.transpose(-1, -2)) * (1.0 / math.sqrt(hd)))
         allowed = attention_mask(positions, positions, self.kind, self.window, self.sinks)
         scores = scores.masked_fill(~allowed, float("-inf"))
@@ -244,6 +253,18 @@ class Attention(torch.nn.Module):
         out = rnd(probs @ v)                                   # [..., H, T, hd]
         out = out.transpose(-2, -3).reshape(*batch, t, self.n_heads * hd)
         return rnd(self.o_proj(out))
+
+    def fused_attention(self, q, k, v, positions, rnd):
+        """softmax(q k^T / sqrt(hd) + mask) v by F.scaled_dot_product_attention: [..., H, T, hd].
+        Global layers take the kernel's own causal mask (the same mask for the strictly
+        increasing positions that forward uses), local layers the boolean attention_mask."""
+        if rnd is not no_rounding:
+            raise ValueError("the fused attention path has no per-op rounding emulation")
+        q, k = q.to(v.dtype), k.to(v.dtype)  # RoPE in the f32 cos/sin promoted them under autocast
+        if self.kind == GLOBAL:
+            return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        allowed = attention_mask(positions, positions, self.kind, self.window, self.sinks)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=allowed)
 
 
 class MLP(torch.nn.Module):
@@ -297,6 +318,19 @@ class HycoDecoder(torch.nn.Module):
         if not self.tied:
             self.lm_head = torch.nn.Linear(self.config["hidden_size"], self.config["vocab_size"],
                                            bias=False)
+        # Training only: recompute each layer's activations in the backward pass
+        # (torch.utils.checkpoint) instead of keeping them. Off by default.
+        self.gradient_checkpointing = False
+
+    def use_sdpa(self, on=True):
+        """Training only: attention through F.scaled_dot_product_attention (torch >= 2.0; fused
+        flash / memory-efficient kernels on CUDA) with exactly the same mask. Off by default:
+        the written-out attention is the reference."""
+        if on and not hasattr(F, "scaled_dot_product_attention"):
+            raise RuntimeError(f"torch {torch.__version__} has no scaled_dot_product_attention")
+        for layer in self.model.layers:
+            layer.self_attn.sdpa = bool(on)
+        return self
 
     def output_weight(self):
         return self.model.embed_tokens.weight if self.tied else self.lm_head.weight
@@ -306,13 +340,17 @@ class HycoDecoder(torch.nn.Module):
         rnd: rounding applied after each op (see `rounding_to`), identity by default."""
         t = tokens.shape[-1]
         if positions is None:
-            positions = torch.arange(t)
+            positions = torch.arange(t, device=tokens.device)
         dtype = self.model.embed_tokens.weight.dtype
         cos, sin = rope_cos_sin(positions, self.config["head_dim"], self.config["rope_theta"],
                                 dtype)
         x = self.model.embed_tokens(tokens)
         for layer in self.model.layers:
-            x = layer(x, cos, sin, positions, rnd)
+            if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+                x = torch.utils.checkpoint.checkpoint(layer, x, cos, sin, positions, rnd,
+                                                      use_reentrant=False)
+            else:
+                x = layer(x, cos, sin, positions, rnd)
         x = self.model.norm(x, rnd)
         return rnd(F.linear(x, self.output_weight()))
 
