@@ -35,6 +35,8 @@ struct CompletionRequest {
   StopConditions stop;
   bool cache_prompt = true;       // reuse a cached prefix and keep this sequence's KV afterwards
   bool logprobs = false;          // report each token's log-probability (also when n_probs is 0)
+  bool prompt_logprobs = false;   // also score the prompt: log-probability of each prompt token
+                                  // given the ones before it (no prefix reuse then)
   Clock::time_point deadline = Clock::time_point::max();  // cancelled when passed
 };
 
@@ -48,6 +50,7 @@ struct TokenOut {
 struct Chunk {
   std::string text;
   std::vector<TokenOut> tokens;
+  std::vector<TokenOut> prompt;  // prompt_logprobs: prompt tokens 1.. with their log-probabilities
   Clock::time_point at;
 };
 

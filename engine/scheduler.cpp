@@ -207,7 +207,7 @@ void Scheduler::admit() {
     const int32_t need = std::min(kv_.n_ctx(), n_prompt + max_new);
 
     std::optional<PrefixCache::Hit> hit;
-    if (w.req.cache_prompt) hit = prefix_.take(w.req.prompt);
+    if (w.req.cache_prompt && !w.req.prompt_logprobs) hit = prefix_.take(w.req.prompt);
     std::optional<SeqId> seq = hit ? std::optional<SeqId>(hit->seq) : kv_.create();
     while (!seq && prefix_.evict_one()) seq = kv_.create();
     if (!seq) break;  // every sequence is running: wait
@@ -275,7 +275,8 @@ bool Scheduler::run_batch() {
     if (a.n_computed >= a.n_prompt || budget <= 0) continue;
     int32_t n = std::min(budget, a.n_prompt - a.n_computed);
     bool last = a.n_computed + n == a.n_prompt;
-    batch_.add(a.seq, std::span<const int32_t>(a.tokens.data() + a.n_computed, size_t(n)), last);
+    batch_.add(a.seq, std::span<const int32_t>(a.tokens.data() + a.n_computed, size_t(n)), last,
+               a.req.prompt_logprobs);
     batch_owner_.push_back(&a);
     budget -= n;
   }
@@ -294,8 +295,29 @@ bool Scheduler::run_batch() {
   const auto now = Clock::now();
   for (size_t i = 0; i < batch_.spans.size(); ++i) {
     Active& a = *batch_owner_[i];
-    a.n_computed += batch_.spans[i].n_tokens;
-    if (!batch_.spans[i].logits_last) continue;
+    const BatchSpan& sp = batch_.spans[i];
+    const int32_t pos0 = a.n_computed;
+    a.n_computed += sp.n_tokens;
+    if (sp.logits_all) {  // prompt scoring: row k predicts the prompt token after position pos0 + k
+      Chunk c;
+      for (int32_t k = 0; k + 1 < sp.n_tokens || (k + 1 == sp.n_tokens && pos0 + k + 1 < a.n_prompt); ++k) {
+        const int32_t next = a.tokens[size_t(pos0 + k + 1)];
+        TokenOut t;
+        t.id = next;
+        const std::span<const float> r(logits_.data() + (row + size_t(k)) * V, V);
+        t.logprob = Sampler::logprob_of(r, next);
+        if (a.req.sampling.n_probs > 0) t.top = Sampler::top_logprobs(r, a.req.sampling.n_probs);
+        c.prompt.push_back(std::move(t));
+      }
+      c.at = now;
+      a.handle->push(std::move(c));
+      row += size_t(sp.n_tokens) - 1;  // now the span's last row
+      if (!sp.logits_last) {
+        ++row;
+        continue;
+      }
+    }
+    if (!sp.logits_last) continue;
     if (a.n_computed == a.n_prompt && a.n_generated == 0) a.t_prompt_done = now;
     sample_and_emit(a, std::span<const float>(logits_.data() + row * V, V));
     ++row;

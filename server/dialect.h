@@ -31,6 +31,8 @@ struct ChoiceState {
   int32_t n_prompt = 0;
   bool truncated = false;
   std::string prompt_text;        // for echo
+  int32_t first_prompt_token = -1;     // echo + logprobs: listed first, with a null log-probability
+  std::vector<TokenOut> prompt_tokens; // echo + logprobs: the other prompt tokens, scored
 };
 
 class CompletionFormatter {

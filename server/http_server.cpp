@@ -151,6 +151,7 @@ struct HttpServer::Impl {
         st.n_prompt = preps[i].n_prompt;
         st.truncated = preps[i].truncated;
         st.prompt_text = pc.prompt_texts.at(i);
+        st.first_prompt_token = preps[i].req.prompt.front();
         flow->states.push_back(std::move(st));
         flow->handles.push_back(svc.submit(std::move(preps[i].req)));
       }
@@ -197,6 +198,7 @@ struct HttpServer::Impl {
             observe_gaps(f, i, *c);
             st.text += c->text;
             st.tokens.insert(st.tokens.end(), c->tokens.begin(), c->tokens.end());
+            st.prompt_tokens.insert(st.prompt_tokens.end(), c->prompt.begin(), c->prompt.end());
             if (f.stream)
               for (const json& j : f.fmt->on_chunk(int(i), *c, st))
                 if (!write_event(f, sink, j)) return gone();

@@ -95,9 +95,17 @@ const char* openai_finish(const Finish& f) {
   }
 }
 
-// OpenAI's legacy logprobs object for a run of tokens; offsets start at `offset`.
-json logprobs_json(const Tokenizer& tok, const std::vector<TokenOut>& toks, size_t offset) {
+// OpenAI's legacy logprobs object for a run of tokens; offsets start at `offset`. With `first`,
+// that token leads with null log-probabilities (the first prompt token has no context).
+json logprobs_json(const Tokenizer& tok, const std::vector<TokenOut>& toks, size_t offset, int32_t first = -1) {
   json tokens = json::array(), lps = json::array(), tops = json::array(), offs = json::array();
+  if (first >= 0) {
+    tokens.push_back(token_text(tok, first));
+    lps.push_back(nullptr);
+    tops.push_back(nullptr);
+    offs.push_back(offset);
+    offset += tok.token_bytes(first).size();
+  }
   for (const auto& t : toks) {
     std::string s = token_text(tok, t.id);
     tokens.push_back(s);
@@ -131,6 +139,10 @@ class OpenAiFormatter : public CompletionFormatter {
         usage_chunk_(usage_chunk) {}
 
   std::vector<json> on_chunk(int i, const Chunk& c, const ChoiceState& st) override {
+    if (!c.prompt.empty()) {  // echo + logprobs: the scored prompt, as the choice's first chunk
+      echoed_[i] = true;
+      return {chunk_json(i, st.prompt_text, logprobs_json(*info_.tok, c.prompt, 0, st.first_prompt_token), nullptr)};
+    }
     std::string text = c.text;
     size_t offset = st.text.size() - c.text.size();
     if (echo_ && !echoed_[i]) {
@@ -163,10 +175,17 @@ class OpenAiFormatter : public CompletionFormatter {
     for (size_t i = 0; i < all.size(); ++i) {
       const ChoiceState& st = all[i];
       std::string text = (echo_ ? st.prompt_text : "") + st.text;
+      json lp = nullptr;
+      if (logprobs_ && echo_) {  // the scored prompt, then the generated tokens
+        std::vector<TokenOut> all_toks = st.prompt_tokens;
+        all_toks.insert(all_toks.end(), st.tokens.begin(), st.tokens.end());
+        lp = logprobs_json(*info_.tok, all_toks, 0, st.first_prompt_token);
+      } else if (logprobs_) {
+        lp = logprobs_json(*info_.tok, st.tokens, 0);
+      }
       j["choices"].push_back({{"text", text},
                               {"index", i},
-                              {"logprobs", logprobs_ ? logprobs_json(*info_.tok, st.tokens, echo_ ? st.prompt_text.size() : 0)
-                                                     : json(nullptr)},
+                              {"logprobs", lp},
                               {"finish_reason", st.finish ? openai_finish(*st.finish) : "stop"}});
     }
     j["usage"] = usage(all);
@@ -327,7 +346,10 @@ ParsedCompletion parse_openai_completion(const json& b, const ServiceInfo& info)
       pc.choices.push_back(std::move(g));
       pc.prompt_texts.push_back(p.kind == PromptSpec::Kind::Tokens ? info.tok->decode(p.tokens) : p.text);
     }
-  for (auto& g : pc.choices) g.logprobs = logprobs.has_value();
+  for (auto& g : pc.choices) {
+    g.logprobs = logprobs.has_value();
+    g.prompt_logprobs = logprobs.has_value() && echo;  // echo + logprobs scores the prompt (OpenAI)
+  }
   pc.formatter = std::make_unique<OpenAiFormatter>(info, echo, logprobs.has_value(), pc.stream && include_usage);
   return pc;
 }

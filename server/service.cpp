@@ -168,6 +168,7 @@ Prepared CompletionService::prepare(const GenerationParams& p) const {
   }
   r.cache_prompt = p.cache_prompt;
   r.logprobs = p.logprobs;
+  r.prompt_logprobs = p.prompt_logprobs;
   out.n_prompt = int32_t(r.prompt.size());
   return out;
 }

@@ -42,6 +42,7 @@ struct GenerationParams {
   bool ignore_eos = false;
   bool cache_prompt = true;
   bool logprobs = false;  // each token's log-probability (n_probs adds alternatives)
+  bool prompt_logprobs = false;  // score the prompt tokens too (OpenAI echo + logprobs)
   Overflow overflow = Overflow::Error;
   std::string id;
 };
