@@ -49,7 +49,7 @@ void add_engine_options(CLI::App& app, EngineOptions& o) {
       ->envname("HYCO_KV_BLOCK")
       ->check(CLI::Range(1, 1 << 16))
       ->capture_default_str();
-  app.add_option("--kv-memory", o.kv_memory_mib, "KV cache budget in MiB (0: enough for every sequence at full context)")
+  app.add_option("--kv-memory", o.kv_memory_mib, "KV cache budget in MiB (0: running sequences at full context, cached ones up to 4096 tokens)")
       ->envname("HYCO_KV_MEMORY")
       ->check(CLI::Range(0.0, 1e9))
       ->capture_default_str();

@@ -41,7 +41,12 @@ KvCache::KvCache(const ModelConfig& model, Backend& backend, const KvCacheConfig
   const int64_t ring_bytes = has_local_ ? ring_slots * row_bytes * n_local : 0;
   const int64_t block_bytes = int64_t(cfg.block_size) * row_bytes * n_global;
   int64_t budget = cfg.memory_bytes;
-  if (budget <= 0) budget = cfg.n_seqs * (ring_bytes + (has_global_ ? blocks_for(cfg.n_ctx) * block_bytes : 0));
+  if (budget <= 0) {
+    const int n_full = cfg.n_seqs_full > 0 ? std::min(cfg.n_seqs_full, cfg.n_seqs) : cfg.n_seqs;
+    const int64_t full_blocks = blocks_for(cfg.n_ctx), other_blocks = blocks_for(std::min(cfg.n_ctx, 4096));
+    budget = cfg.n_seqs * ring_bytes +
+             (has_global_ ? (n_full * full_blocks + (cfg.n_seqs - n_full) * other_blocks) * block_bytes : 0);
+  }
   if (has_global_) {
     int64_t left = budget - cfg.n_seqs * ring_bytes;
     n_blocks_ = left > 0 ? left / block_bytes : 0;

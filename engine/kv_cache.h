@@ -18,7 +18,10 @@ struct KvCacheConfig {
   int n_ctx = 4096;           // longest sequence, in positions
   int rollback = 256;         // R: tokens a sequence can be rolled back by (prefix reuse)
   int block_size = 64;        // positions per global block
-  int64_t memory_bytes = 0;   // budget for K/V of all layers; 0 = enough for n_seqs × n_ctx
+  int64_t memory_bytes = 0;   // budget for K/V of all layers; 0 = the default below
+  // Default budget: n_seqs_full sequences at the full context, the other sequences (kept for
+  // reuse) at most 4096 positions each in global layers. 0 = every sequence at full context.
+  int n_seqs_full = 0;
 };
 
 using SeqId = int32_t;

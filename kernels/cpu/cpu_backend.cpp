@@ -1,5 +1,8 @@
 // The CPU backend: memory, weight packing, op dispatch to the ISA variant chosen at start, and
 // the split of each op over the thread pool. The reference every other backend is checked against.
+#include <cpuid.h>
+#include <sys/mman.h>
+
 #include <algorithm>
 #include <climits>
 #include <cmath>
@@ -19,11 +22,19 @@ namespace hyco {
 namespace cpu {
 namespace {
 
+// AVX512_BF16 is CPUID leaf 7 subleaf 1, EAX bit 5 (asked directly: older compilers'
+// __builtin_cpu_supports does not know it); the OS must also save the AVX-512 state (XCR0).
+bool cpu_has_avx512bf16() {
+  unsigned a = 0, b = 0, c = 0, d = 0;
+  if (!__get_cpuid_count(7, 1, &a, &b, &c, &d)) return false;
+  return (a >> 5) & 1u;
+}
+
 bool machine_has(const std::string& isa) {
   __builtin_cpu_init();
   if (isa == "avx512")
     return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-           __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512bf16");
+           __builtin_cpu_supports("avx512vl") && cpu_has_avx512bf16();
   if (isa == "avx2")
     return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
   return isa == "base";
@@ -113,23 +124,21 @@ class CpuBackend final : public Backend {
       t.owner = raw_alloc(size_t(P * Kp * kPanel) * 2);
       t.data = t.owner.get();
       uint16_t* w = static_cast<uint16_t*>(t.data);
-      pool_.run([&](int ith, int nth) {
-        for (int64_t n = ith; n < N; n += nth) {
-          uint16_t* panel = w + (n / kPanel) * Kp * kPanel;
+      pool_.run_tasks(P, [&](int64_t p, int) {
+        uint16_t* panel = w + p * Kp * kPanel;
+        for (int64_t n = p * kPanel; n < std::min(N, (p + 1) * kPanel); ++n)
           for (int64_t k = 0; k < K; ++k)
             panel[(k / 2) * 2 * kPanel + (n % kPanel) * 2 + (k % 2)] = load_as_bf16(src.data, src.dtype, n * K + k);
-        }
       });
     } else {
       t.dtype = DType::F32;
       t.owner = raw_alloc(size_t(P * K * kPanel) * 4);
       t.data = t.owner.get();
       float* w = static_cast<float*>(t.data);
-      pool_.run([&](int ith, int nth) {
-        for (int64_t n = ith; n < N; n += nth) {
-          float* panel = w + (n / kPanel) * K * kPanel;
+      pool_.run_tasks(P, [&](int64_t p, int) {
+        float* panel = w + p * K * kPanel;
+        for (int64_t n = p * kPanel; n < std::min(N, (p + 1) * kPanel); ++n)
           for (int64_t k = 0; k < K; ++k) panel[k * kPanel + (n % kPanel)] = load_as_f32(src.data, src.dtype, n * K + k);
-        }
       });
     }
     return t;
@@ -148,6 +157,7 @@ class CpuBackend final : public Backend {
   size_t bytes_allocated() const override { return allocated_->load(); }
 
   void begin_step(const StepMeta& meta) override {
+    flush_denormals();  // the thread running the step computes too
     meta_ = meta;
     ++step_;
   }
@@ -208,15 +218,17 @@ class CpuBackend final : public Backend {
       gemm(g, 0, P, 0, g.M);
       return;
     }
-    pool_.run([&](int ith, int n) {
-      if (P >= 2 * n || g.M < 2 * 6) {
-        gemm(g, P * ith / n, P * (ith + 1) / n, 0, g.M);
-      } else {
-        int64_t blocks = (g.M + 5) / 6;
-        gemm(g, 0, P, std::min(g.M, blocks * ith / n * 6), std::min(g.M, blocks * (ith + 1) / n * 6));
-      }
+    // Tasks: a grid of panel groups × row blocks, a few per thread, so a thread that is
+    // descheduled (another process on the core) only delays its current task.
+    const int64_t want = 4 * int64_t(nth);
+    const int64_t pg = std::min(P, want);
+    const int64_t row_blocks = (g.M + 5) / 6;
+    const int64_t rg = std::max<int64_t>(1, std::min(row_blocks, (want + pg - 1) / pg));
+    pool_.run_tasks(pg * rg, [&](int64_t t, int) {
+      const int64_t pi = t % pg, ri = t / pg;
+      gemm(g, P * pi / pg, P * (pi + 1) / pg, std::min(g.M, row_blocks * ri / rg * 6),
+           std::min(g.M, row_blocks * (ri + 1) / rg * 6));
     });
-    (void)nth;
   }
 
   void rope(const RopeParams& p) override {
@@ -393,14 +405,26 @@ class CpuBackend final : public Backend {
     }
   }
 
+  // Zeroed memory. Large blocks (the KV pool) come straight from mmap: the OS hands out zero
+  // pages as they are first touched, so an unused budget costs no RAM and no start-up time.
   std::shared_ptr<void> raw_alloc(size_t bytes) {
     size_t sz = (bytes + 63) & ~size_t(63);
     if (sz == 0) sz = 64;
+    auto counter = allocated_;
+    if (sz >= (size_t(1) << 20)) {
+      void* p = mmap(nullptr, sz, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+      if (p == MAP_FAILED)
+        throw ResourceExhausted("cpu backend: out of memory allocating " + std::to_string(bytes >> 20) + " MiB");
+      *allocated_ += sz;
+      return std::shared_ptr<void>(p, [counter, sz](void* q) {
+        *counter -= sz;
+        munmap(q, sz);
+      });
+    }
     void* p = std::aligned_alloc(64, sz);
     if (!p) throw ResourceExhausted("cpu backend: out of memory allocating " + std::to_string(bytes) + " bytes");
     std::memset(p, 0, sz);
     *allocated_ += sz;
-    auto counter = allocated_;
     return std::shared_ptr<void>(p, [counter, sz](void* q) {
       *counter -= sz;
       std::free(q);
@@ -414,8 +438,9 @@ class CpuBackend final : public Backend {
       f(0, rows);
       return;
     }
-    pool_.run([&](int ith, int nth) {
-      int64_t r0 = rows * ith / nth, r1 = rows * (ith + 1) / nth;
+    const int64_t n = std::min<int64_t>(rows, 4 * int64_t(pool_.size()));
+    pool_.run_tasks(n, [&](int64_t t, int) {
+      const int64_t r0 = rows * t / n, r1 = rows * (t + 1) / n;
       if (r0 < r1) f(r0, r1);
     });
   }
