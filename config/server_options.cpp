@@ -78,11 +78,13 @@ void apply_config_file(CLI::App& app, const std::string& path) {
   nlohmann::json j;
   try {
     j = nlohmann::json::parse(ss.str(), nullptr, true, /*ignore_comments=*/true);
-  } catch (const nlohmann::json::parse_error& e) {
+  } catch (const nlohmann::json::exception& e) {
     throw InvalidArgument("--config " + path + ": not valid JSON: " + e.what());
   }
   if (!j.is_object()) throw InvalidArgument("--config " + path + ": must hold a JSON object of option: value");
-  for (auto& [key, value] : j.items()) {
+  for (auto& item : j.items()) {
+    const std::string key = item.key();
+    const nlohmann::json& value = item.value();
     if (key == "config") throw InvalidArgument("--config " + path + ": a config file cannot name another");
     CLI::Option* opt = app.get_option_no_throw("--" + key);
     if (!opt) throw InvalidArgument("--config " + path + ": unknown option '" + key + "'");

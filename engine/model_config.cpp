@@ -156,7 +156,7 @@ ModelConfig parse_model_config(std::string_view text, const std::string& src) {
   json j;
   try {
     j = json::parse(text);
-  } catch (const json::parse_error& e) {
+  } catch (const json::exception& e) {  // parse errors, and numbers too large for a double
     fail(src, std::string("invalid JSON: ") + e.what());
   }
   if (!j.is_object()) fail(src, "must hold a JSON object");

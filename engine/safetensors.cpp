@@ -85,7 +85,7 @@ std::shared_ptr<SafetensorsFile> SafetensorsFile::open(const std::string& path) 
   json h;
   try {
     h = json::parse(reinterpret_cast<const char*>(base + 8), reinterpret_cast<const char*>(base + 8 + header_len));
-  } catch (const json::parse_error& e) {
+  } catch (const json::exception& e) {  // parse errors, and numbers too large for a double
     throw fail(std::string("header is not valid JSON: ") + e.what());
   }
   if (!h.is_object()) throw fail("header is not a JSON object");
@@ -102,7 +102,7 @@ std::shared_ptr<SafetensorsFile> SafetensorsFile::open(const std::string& path) 
           if (v.is_string()) f->metadata_[k] = v.get<std::string>();
       continue;
     }
-    auto bad = [&](const std::string& msg) { return fail("tensor '" + name + "': " + msg); };
+    auto bad = [&, &name = name](const std::string& msg) { return fail("tensor '" + name + "': " + msg); };
     if (!e.is_object()) throw bad("header entry is not an object");
     TensorInfo t;
     t.name = name;
@@ -186,7 +186,7 @@ TensorStore TensorStore::open_dir(const std::string& dir) {
   json j;
   try {
     j = json::parse(ss.str());
-  } catch (const json::parse_error& e) {
+  } catch (const json::exception& e) {  // parse errors, and numbers too large for a double
     throw ModelError(index.string() + ": invalid JSON: " + e.what());
   }
   if (!j.is_object() || !j.contains("weight_map") || !j["weight_map"].is_object())

@@ -3,6 +3,7 @@
 #include "engine/scheduler.h"
 
 #include <algorithm>
+#include <cmath>
 
 #include "engine/errors.h"
 
@@ -319,7 +320,11 @@ bool Scheduler::run_batch() {
     }
     if (!sp.logits_last) continue;
     if (a.n_computed == a.n_prompt && a.n_generated == 0) a.t_prompt_done = now;
-    sample_and_emit(a, std::span<const float>(logits_.data() + row * V, V));
+    try {
+      sample_and_emit(a, std::span<const float>(logits_.data() + row * V, V));
+    } catch (const std::exception& e) {  // one request's failure must not end the loop
+      finish(a, FinishReason::Error, "none", {}, e.what());
+    }
     ++row;
   }
   running_.remove_if([](const std::unique_ptr<Active>& a) { return a->done; });
@@ -334,12 +339,16 @@ void Scheduler::sample_and_emit(Active& a, std::span<const float> row) {
     finish(a, FinishReason::Length, "limit");
     return;
   }
-  std::vector<float> logits(row.begin(), row.end());
+  std::vector<float> masked(row.begin(), row.end());
+  // A model's vocabulary may be padded past its tokenizer's (Qwen2.5): never pick those ids.
+  if (tok_ && tok_->n_vocab() < int32_t(masked.size()))
+    std::fill(masked.begin() + tok_->n_vocab(), masked.end(), -INFINITY);
+  std::vector<float> logits = masked;
   TokenOut out;
-  if (a.req.sampling.n_probs > 0) out.top = Sampler::top_logprobs(row, a.req.sampling.n_probs);
-  const int32_t tok = a.sampler.sample(logits, a.tokens);  // penalties modify `logits`, not `row`
+  if (a.req.sampling.n_probs > 0) out.top = Sampler::top_logprobs(masked, a.req.sampling.n_probs);
+  const int32_t tok = a.sampler.sample(logits, a.tokens);  // penalties modify `logits`, not `masked`
   out.id = tok;
-  if (a.req.logprobs || a.req.sampling.n_probs > 0) out.logprob = Sampler::logprob_of(row, tok);
+  if (a.req.logprobs || a.req.sampling.n_probs > 0) out.logprob = Sampler::logprob_of(masked, tok);
   const auto now = Clock::now();
   if (a.n_generated == 0) a.t_first = now;
   if (std::find(st.stop_ids.begin(), st.stop_ids.end(), tok) != st.stop_ids.end()) {

@@ -83,11 +83,15 @@ TextStream::Step TextStream::emit_safe() {
 std::string TextStream::finish() {
   if (!detok_ || stopped_) return {};
   pending_ += detok_->flush();
-  std::string out = std::move(pending_);
-  pending_.clear();
+  // The flushed U+FFFD of an unfinished character is text like any other: the stop strings and
+  // n_indent apply to it too.
+  std::string out = emit_safe().text;
+  if (stopped_) return out;
   // A line of only blanks at the end is real text, and so is an unfinished stop-string prefix.
-  text_ += out;
-  if (out.find('\n') != std::string::npos) has_newline_ = true;
+  out += pending_;
+  text_ += pending_;
+  if (pending_.find('\n') != std::string::npos) has_newline_ = true;
+  pending_.clear();
   return out;
 }
 

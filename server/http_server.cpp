@@ -174,9 +174,21 @@ struct HttpServer::Impl {
     return sink.write(line.data(), line.size());
   }
 
-  // Runs one response to its end: relays events as they come (streaming) or waits for all of
-  // them (not streaming), and cancels the work when the client goes away.
+  // Runs one response to its end; an exception here would reach std::terminate inside httplib's
+  // content provider, so anything unexpected cancels the work and drops the connection.
   bool pump(Flow& f, httplib::DataSink& sink) {
+    try {
+      return pump_events(f, sink);
+    } catch (const std::exception& e) {
+      for (auto& h : f.handles) h->cancel();
+      spdlog::error("{} {}: response failed: {}", f.id, f.route, e.what());
+      return false;
+    }
+  }
+
+  // Relays events as they come (streaming) or waits for all of them (not streaming), and
+  // cancels the work when the client goes away.
+  bool pump_events(Flow& f, httplib::DataSink& sink) {
     size_t n_done = 0;
     auto gone = [&] {
       for (auto& h : f.handles) h->cancel();

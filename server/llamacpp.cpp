@@ -63,7 +63,10 @@ class LlamaCppFormatter : public CompletionFormatter {
       for (const auto& f : response_fields_) {
         std::string path = f.get<std::string>();
         json::json_pointer ptr("/" + path);
-        if (j.contains(ptr)) filtered[path] = j.at(ptr);
+        try {
+          if (j.contains(ptr)) filtered[path] = j.at(ptr);
+        } catch (const json::exception&) {  // an array index past size_t ("tokens/99999999999999999999"): absent
+        }
       }
       return filtered;
     }

@@ -62,6 +62,7 @@ void CompletionService::load() {
   if (tok_->eos_id() >= 0 && std::find(eos_ids_.begin(), eos_ids_.end(), tok_->eos_id()) == eos_ids_.end())
     eos_ids_.push_back(tok_->eos_id());
   KvCacheConfig kc = to_kv_config(opts_.engine, c, default_kv_dtype(*backend_), opts_.scheduler.parallel + opts_.cache_seqs);
+  kc.n_seqs_full = opts_.scheduler.parallel;
   kv_ = std::make_unique<KvCache>(c, *backend_, kc);
   sched_ = std::make_unique<Scheduler>(*model_, *kv_, tok_.get(), opts_.scheduler);
   spdlog::info("model {} ready: {} ({:.1f} M parameters, pattern {}), {}, context {}, KV {:.1f} MiB for {} sequences, FIM {}",
@@ -88,7 +89,7 @@ std::vector<int32_t> CompletionService::build_prompt(const GenerationParams& p, 
       std::vector<int32_t> ids = ps.kind == PromptSpec::Kind::Tokens
                                      ? ps.tokens
                                      : build_plain_prompt(tok, ps.text, ps.add_bos && tok.bos_id() >= 0);
-      if (int32_t(ids.size()) > budget && cut) {
+      if (int32_t(ids.size()) > budget && cut && budget > 1) {
         // Keep the end (the text next to the cursor) and a leading BOS.
         const bool bos = !ids.empty() && ids[0] == tok.bos_id();
         std::vector<int32_t> kept;

@@ -78,14 +78,20 @@ class OpenAiRoutes(h.ServerTest, Shapes):
         lp = c["logprobs"]
         self.assertFields(lp, {"tokens": list, "token_logprobs": list, "top_logprobs": list,
                                "text_offset": list})
-        self.assertEqual(len(lp["tokens"]), 4)
-        for t, l, top, off in zip(lp["tokens"], lp["token_logprobs"], lp["top_logprobs"], lp["text_offset"]):
+        # echo + logprobs lists the prompt tokens first (OpenAI): the first with null values.
+        self.assertEqual(len(lp["tokens"]), len(ids) + 4)
+        self.assertIsNone(lp["token_logprobs"][0])
+        self.assertIsNone(lp["top_logprobs"][0])
+        for t, l, top, off in zip(lp["tokens"][1:], lp["token_logprobs"][1:], lp["top_logprobs"][1:],
+                                  lp["text_offset"][1:]):
             self.assertIsInstance(t, str)
             self.assertLessEqual(l, 0.0)
             self.assertLessEqual(len(top), 2)
             self.assertIsInstance(off, int)
-        # Greedy: the chosen token is the most likely one.
-        self.assertAlmostEqual(lp["token_logprobs"][0], max(lp["top_logprobs"][0].values()), places=4)
+        self.assertEqual(lp["text_offset"], sorted(lp["text_offset"]))
+        # Greedy: each generated token is the most likely one.
+        for k in range(len(ids), len(ids) + 4):
+            self.assertAlmostEqual(lp["token_logprobs"][k], max(lp["top_logprobs"][k].values()), places=4)
 
     def test_completions_fim_suffix(self):
         r = self.server.post_json("/v1/completions", {
