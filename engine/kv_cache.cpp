@@ -30,14 +30,16 @@ KvCache::KvCache(const ModelConfig& model, Backend& backend, const KvCacheConfig
   has_local_ = n_local > 0;
   has_global_ = n_global > 0;
 
+  auto round_up = [](int64_t n) { return (n + kKvGroup - 1) / kKvGroup * kKvGroup; };
   local_.local = true;
   local_.window = model.window;
   local_.n_sinks = model.n_sinks;
-  // A ring never needs more slots than the context itself.
-  local_.ring_len = int32_t(std::min<int64_t>(int64_t(model.window) + cfg.rollback, cfg.n_ctx));
+  local_.sink_slots = int32_t(round_up(model.n_sinks));
+  // A ring never needs more slots than the context itself; whole groups of slots.
+  local_.ring_len = int32_t(round_up(std::min<int64_t>(int64_t(model.window) + cfg.rollback, cfg.n_ctx)));
   global_.block_size = cfg.block_size;
 
-  const int64_t ring_slots = int64_t(local_.n_sinks) + local_.ring_len;
+  const int64_t ring_slots = int64_t(local_.sink_slots) + local_.ring_len;
   const int64_t ring_bytes = has_local_ ? ring_slots * row_bytes * n_local : 0;
   const int64_t block_bytes = int64_t(cfg.block_size) * row_bytes * n_global;
   int64_t budget = cfg.memory_bytes;
@@ -60,7 +62,7 @@ KvCache::KvCache(const ModelConfig& model, Backend& backend, const KvCacheConfig
   }
 
   const int64_t local_rows = has_local_ ? cfg.n_seqs * ring_slots : 0;
-  const int64_t global_rows = n_blocks_ * cfg.block_size;
+  const int64_t global_rows = round_up(n_blocks_ * cfg.block_size);
   k_.resize(model.n_layers);
   v_.resize(model.n_layers);
   for (int l = 0; l < model.n_layers; ++l) {
@@ -93,7 +95,7 @@ int64_t KvCache::bytes_used() const {
       blocks += int64_t(s.blocks.size());
     }
   const int64_t row_bytes = int64_t(model_.kv_width()) * int64_t(dtype_size(cfg_.dtype)) * 2;
-  const int64_t ring_bytes = has_local_ ? (int64_t(local_.n_sinks) + local_.ring_len) * row_bytes *
+  const int64_t ring_bytes = has_local_ ? (int64_t(local_.sink_slots) + local_.ring_len) * row_bytes *
                                               model_.n_layers_of(LayerKind::Local)
                                         : 0;
   return live * ring_bytes + blocks * cfg_.block_size * row_bytes * model_.n_layers_of(LayerKind::Global);

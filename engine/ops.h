@@ -36,22 +36,30 @@ struct StepMeta {
   int32_t n_out = 0;
 };
 
-// How one kind of layer lays out its cached K/V: rows of `kv_width` elements.
-// Local: sequence ring r owns slots [r*(n_sinks+ring_len), (r+1)*(n_sinks+ring_len)); position p
-// lives at slot p when p < n_sinks, else n_sinks + p % ring_len (DESIGN.md: ring of W+R after S).
+// Slots come in groups of kKvGroup: ring and block boundaries fall on group boundaries, so a
+// backend may store a group's keys transposed ([kv_width][kKvGroup], the CPU backend does) and
+// read a tile of consecutive positions without gathering.
+constexpr int32_t kKvGroup = 64;
+
+// How one kind of layer lays out its cached K/V: rows of `kv_width` elements (the element order
+// inside a group of rows is the backend's).
+// Local: sequence ring r owns slots [r*(sink_slots+ring_len), (r+1)*(sink_slots+ring_len));
+// position p lives at slot p when p < n_sinks, else sink_slots + p % ring_len (DESIGN.md: a ring
+// of W+R after the S sinks; sink_slots is S rounded up to a group, ring_len W+R rounded up).
 // Global: position p lives at slot table[p / block_size] * block_size + p % block_size.
 struct KvLayout {
   bool local = false;
-  int32_t window = 0;    // W (local only)
-  int32_t n_sinks = 0;   // S (local only)
-  int32_t ring_len = 0;  // W + R (local only)
+  int32_t window = 0;      // W (local only)
+  int32_t n_sinks = 0;     // S (local only)
+  int32_t sink_slots = 0;  // slots before the ring: S rounded up to kKvGroup (local only)
+  int32_t ring_len = 0;    // W + R rounded up to kKvGroup (local only)
   int32_t block_size = 0;  // positions per block (global only)
 };
 
 HYCO_HD static inline int64_t kv_slot(const KvLayout& l, const SeqSpan& s, const int32_t* table, int32_t pos) {
   if (l.local) {
-    int64_t r = pos < l.n_sinks ? pos : l.n_sinks + pos % l.ring_len;
-    return int64_t(s.ring) * (l.n_sinks + l.ring_len) + r;
+    int64_t r = pos < l.n_sinks ? pos : l.sink_slots + pos % l.ring_len;
+    return int64_t(s.ring) * (l.sink_slots + l.ring_len) + r;
   }
   return int64_t(table[pos / l.block_size]) * l.block_size + pos % l.block_size;
 }

@@ -143,99 +143,95 @@ OpCase gather_case() {
           }};
 }
 
-// Attention over a ragged batch whose sequences have history in the cache: a decode token deep in
-// a wrapped ring, a prefill chunk continuing a sequence, and a fresh prompt; then store_kv.
-// Output: the attention rows followed by both caches (as f32).
+// Attention over a ragged batch whose sequences have history in the cache: a decode token deep
+// in a wrapped ring, a prefill chunk continuing a sequence, and a fresh prompt. The history is
+// written by store_kv (each backend keeps its own cache layout); a second step, one decode token
+// per sequence, then reads what the first step stored. Output: both steps' attention rows.
 OpCase attention_case(bool local, int sinks, int n_heads, int n_kv, int hd, DType kv_dtype) {
   std::string name = std::string("attention ") + (local ? "local" : "global") + (sinks ? "+sinks" : "") + " " +
                      std::to_string(n_heads) + "/" + std::to_string(n_kv) + "x" + std::to_string(hd) + " kv " +
                      std::string(dtype_name(kv_dtype));
   return {name, kv_dtype == DType::BF16 ? kBf16 : 1e-9, [=](Backend& b) {
-            const int W = 24, R = 8, block = 16;
-            const int ring_slots = sinks + W + R;
+            const int W = 24, R = 8, block = 64;
             const int kvw = n_kv * hd, width = (n_heads + 2 * n_kv) * hd;
-            // Three sequences: (history length, new tokens).
-            const int hist[3] = {100, 37, 0}, fresh[3] = {1, 20, 45};
             KvLayout layout;
             layout.local = local;
             layout.window = W;
             layout.n_sinks = local ? sinks : 0;
-            layout.ring_len = W + R;
+            layout.sink_slots = local && sinks ? kKvGroup : 0;
+            layout.ring_len = kKvGroup;  // W + R rounded up to a group
             layout.block_size = block;
-            const int n_blocks = 24;
-            const int64_t slots = local ? 3 * ring_slots : int64_t(n_blocks) * block;
-            Step s;
-            int row = 0;
+            const int n_blocks = 12;
+            const int64_t slots = local ? 3 * (layout.sink_slots + layout.ring_len) : int64_t(n_blocks) * block;
             std::vector<int32_t> perm(n_blocks);
             std::iota(perm.begin(), perm.end(), 0);
             std::shuffle(perm.begin(), perm.end(), std::mt19937(11));
-            const int stride = 8;  // blocks per table row (8 × 16 = 128 positions)
-            s.tables.assign(size_t(3 * stride), 0);
-            for (int q = 0; q < 3; ++q) {
-              SeqSpan sp;
-              sp.tok_start = row;
-              sp.n_tokens = fresh[q];
-              sp.pos0 = hist[q];
-              sp.ring = local ? q : -1;
-              sp.table_row = q;
-              for (int t = 0; t < fresh[q]; ++t) s.positions.push_back(hist[q] + t);
-              for (int k = 0; k < stride; ++k) s.tables[size_t(q * stride + k)] = perm[size_t(q * stride + k)];
-              s.spans.push_back(sp);
-              row += fresh[q];
-            }
-            s.tokens.assign(size_t(row), 0);
-            auto qkv = randn(size_t(row) * width, 12);
-            auto kc = randn(size_t(slots) * kvw, 13), vc = randn(size_t(slots) * kvw, 14);
-            Tensor QKV = up(b, qkv, row, width), OUT = b.alloc(DType::F32, row, n_heads * hd);
+            const int stride = 4;  // blocks per table row (4 × 64 = 256 positions)
             Tensor K = b.alloc(kv_dtype, slots, kvw), V = b.alloc(kv_dtype, slots, kvw);
-            auto to_kv = [&](const std::vector<float>& f) {
-              if (kv_dtype == DType::F32) return std::vector<uint16_t>();
-              std::vector<uint16_t> h(f.size());
-              for (size_t i = 0; i < f.size(); ++i) h[i] = f32_to_bf16(f[i]);
-              return h;
-            };
-            auto kb = to_kv(kc), vb = to_kv(vc);
-            b.upload(K, kv_dtype == DType::F32 ? static_cast<const void*>(kc.data()) : kb.data());
-            b.upload(V, kv_dtype == DType::F32 ? static_cast<const void*>(vc.data()) : vb.data());
-            b.begin_step(s.meta());
-            AttentionParams p;
-            p.qkv = static_cast<const float*>(QKV.data);
-            p.qkv_stride = width;
-            p.out = static_cast<float*>(OUT.data);
-            p.k_cache = K.data;
-            p.v_cache = V.data;
-            p.kv_dtype = kv_dtype;
-            p.n_heads = n_heads;
-            p.n_kv_heads = n_kv;
-            p.head_dim = hd;
-            p.scale = 1.0f / std::sqrt(float(hd));
-            p.layout = layout;
-            p.meta = s.meta();
-            b.attention(p);
-            StoreKvParams st;
-            st.qkv = p.qkv;
-            st.qkv_stride = width;
-            st.k_cache = K.data;
-            st.v_cache = V.data;
-            st.kv_dtype = kv_dtype;
-            st.n_heads = n_heads;
-            st.n_kv_heads = n_kv;
-            st.head_dim = hd;
-            st.layout = layout;
-            st.meta = s.meta();
-            b.store_kv(st);
-            std::vector<float> out = down(b, OUT);
-            for (Tensor* c : {&K, &V}) {
-              if (kv_dtype == DType::F32) {
-                auto h = down(b, *c);
-                out.insert(out.end(), h.begin(), h.end());
-              } else {
-                std::vector<uint16_t> h(size_t(c->n_elements()));
-                b.download(*c, h.data());
-                b.sync();
-                for (uint16_t x : h) out.push_back(bf16_to_f32(x));
+            (void)R;
+            // One step: spans of the given (start position, new tokens); attention + store_kv.
+            std::vector<float> out;
+            int seed = 20;
+            auto step = [&](const int* pos0, const int* fresh, bool attend) {
+              Step s;
+              int row = 0;
+              s.tables.assign(size_t(3 * stride), 0);
+              for (int q = 0; q < 3; ++q) {
+                SeqSpan sp;
+                sp.tok_start = row;
+                sp.n_tokens = fresh[q];
+                sp.pos0 = pos0[q];
+                sp.ring = local ? q : -1;
+                sp.table_row = q;
+                for (int t = 0; t < fresh[q]; ++t) s.positions.push_back(pos0[q] + t);
+                for (int k = 0; k < stride; ++k) s.tables[size_t(q * stride + k)] = perm[size_t(q * stride + k)];
+                s.spans.push_back(sp);
+                row += fresh[q];
               }
-            }
+              s.tokens.assign(size_t(row), 0);
+              auto qkv = randn(size_t(row) * width, uint32_t(seed++));
+              Tensor QKV = up(b, qkv, row, width), OUT = b.alloc(DType::F32, row, n_heads * hd);
+              b.begin_step(s.meta());
+              AttentionParams p;
+              p.qkv = static_cast<const float*>(QKV.data);
+              p.qkv_stride = width;
+              p.out = static_cast<float*>(OUT.data);
+              p.k_cache = K.data;
+              p.v_cache = V.data;
+              p.kv_dtype = kv_dtype;
+              p.n_heads = n_heads;
+              p.n_kv_heads = n_kv;
+              p.head_dim = hd;
+              p.scale = 1.0f / std::sqrt(float(hd));
+              p.layout = layout;
+              p.meta = s.meta();
+              if (attend) b.attention(p);
+              StoreKvParams st;
+              st.qkv = p.qkv;
+              st.qkv_stride = width;
+              st.k_cache = K.data;
+              st.v_cache = V.data;
+              st.kv_dtype = kv_dtype;
+              st.n_heads = n_heads;
+              st.n_kv_heads = n_kv;
+              st.head_dim = hd;
+              st.layout = layout;
+              st.meta = s.meta();
+              b.store_kv(st);
+              if (attend) {
+                auto o = down(b, OUT);
+                out.insert(out.end(), o.begin(), o.end());
+              }
+            };
+            // History: 100, 37 and 0 positions (the first wraps its ring), written by store_kv.
+            const int zero[3] = {0, 0, 0}, hist[3] = {100, 37, 0};
+            step(zero, hist, false);
+            // A decode token deep in the first sequence, a 20-token chunk, a 45-token prompt.
+            const int fresh[3] = {1, 20, 45};
+            step(hist, fresh, true);
+            // Then one token each, reading what the previous step stored.
+            const int after[3] = {101, 57, 45}, one[3] = {1, 1, 1};
+            step(after, one, true);
             return out;
           }};
 }

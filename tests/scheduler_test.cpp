@@ -230,10 +230,11 @@ TEST_CASE("admission waits for KV blocks and refuses what can never fit", "[sche
   SchedulerConfig sc;
   sc.parallel = 3;
   sc.batch_tokens = 256;
-  // Budget: the rings of 4 sequences plus 8 blocks of 16 positions in the global layer.
+  // Budget: the rings of 4 sequences (W + R = 24 rounded up to 64 slots) plus 8 blocks of 16
+  // positions in the global layer.
   ModelConfig cfg = hyco::test::tiny_config("LG", 8);
   const int64_t row = int64_t(cfg.kv_width()) * 4 * 2;
-  const int64_t rings = 4 * (8 + 16) * row;
+  const int64_t rings = 4 * 64 * row;
   Rig r(sc, 4, 512, rings + 8 * 16 * row);
   REQUIRE(r.kv->n_total_blocks() == 8);
   auto a = r.submit(seq_tokens(1, 40), 20);   // 60 positions: 4 blocks

@@ -342,13 +342,15 @@ class CpuBackend final : public Backend {
         const float* row = p.qkv + int64_t(sp.tok_start + t) * p.qkv_stride;
         const float* k = row + int64_t(p.n_heads) * p.head_dim;
         const float* v = k + kvw;
+        // Keys transposed by group of slots (see k_offset), values row-major.
         if (p.kv_dtype == DType::BF16) {
-          uint16_t* kd = static_cast<uint16_t*>(p.k_cache) + slot * kvw;
+          uint16_t* kd = static_cast<uint16_t*>(p.k_cache);
           uint16_t* vd = static_cast<uint16_t*>(p.v_cache) + slot * kvw;
-          for (int64_t i = 0; i < kvw; ++i) kd[i] = f32_to_bf16(k[i]);
+          for (int64_t i = 0; i < kvw; ++i) kd[k_offset(slot, i, kvw)] = f32_to_bf16(k[i]);
           for (int64_t i = 0; i < kvw; ++i) vd[i] = f32_to_bf16(v[i]);
         } else {
-          std::memcpy(static_cast<float*>(p.k_cache) + slot * kvw, k, size_t(kvw) * 4);
+          float* kd = static_cast<float*>(p.k_cache);
+          for (int64_t i = 0; i < kvw; ++i) kd[k_offset(slot, i, kvw)] = k[i];
           std::memcpy(static_cast<float*>(p.v_cache) + slot * kvw, v, size_t(kvw) * 4);
         }
       }
@@ -408,8 +410,8 @@ class CpuBackend final : public Backend {
   // Zeroed memory. Large blocks (the KV pool) come straight from mmap: the OS hands out zero
   // pages as they are first touched, so an unused budget costs no RAM and no start-up time.
   std::shared_ptr<void> raw_alloc(size_t bytes) {
-    size_t sz = (bytes + 63) & ~size_t(63);
-    if (sz == 0) sz = 64;
+    // NOTE: 512 bytes of padding: attention reads a tile's values 64 floats wide from a row start.
+    size_t sz = (bytes + 512 + 63) & ~size_t(63);
     auto counter = allocated_;
     if (sz >= (size_t(1) << 20)) {
       void* p = mmap(nullptr, sz, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);

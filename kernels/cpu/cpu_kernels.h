@@ -16,8 +16,16 @@ namespace hyco::cpu {
 //                                                   element (n, k) at p*Kp*kPanel + (k/2)*2*kPanel + (n%kPanel)*2 + k%2
 // Padding rows/columns are zero.
 constexpr int kPanel = 64;
+// Keys in the CPU cache are stored transposed by group of kKvGroup slots: element e (of
+// kv_width) of slot s lives at (s / 64) * 64 * kv_width + e * 64 + s % 64, so a tile of 64
+// consecutive positions is a ready [kv_width][64] matrix for QKᵀ. Values stay row-major.
+static inline int64_t k_offset(int64_t slot, int64_t e, int64_t kv_width) {
+  return (slot / kKvGroup) * kKvGroup * kv_width + e * kKvGroup + slot % kKvGroup;
+}
+
 constexpr int kMaxRows = 32;  // attention: query rows (tokens × heads of one kv head) per task; ≥ n_heads/n_kv_heads
 constexpr int kKeyTile = 64;  // attention: keys per tile
+static_assert(kKeyTile == kKvGroup, "a key tile must be one group of cache slots");
 
 struct GemmArgs {
   const float* x = nullptr;      // [M, K] f32, row stride ldx

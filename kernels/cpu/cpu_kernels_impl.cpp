@@ -288,19 +288,6 @@ void round_rows_bf16(const GemmArgs& g, int64_t m0, int64_t m1) {
 
 // ---- attention -----------------------------------------------------------------------------------
 
-constexpr int kDirectRows = 4;  // up to this many query rows, keys are read in place (decode)
-
-inline float dot(const float* a, const float* b, int n) {
-  float acc[16] = {};
-  int i = 0;
-  for (; i + 16 <= n; i += 16)
-    for (int l = 0; l < 16; ++l) acc[l] += a[i + l] * b[i + l];
-  float s = 0.0f;
-  for (int l = 0; l < 16; ++l) s += acc[l];
-  for (; i < n; ++i) s += a[i] * b[i];
-  return s;
-}
-
 struct AttnCtx {
   const AttentionParams* p;
   const SeqSpan* sp;
@@ -309,27 +296,32 @@ struct AttnCtx {
   int hd;
 };
 
-// Pointer to head g of key (which = 0) or value (which = 1) at position j, as f32. Rows of the
-// step come from qkv; earlier ones from the cache. bf16 data is converted into tmp; keys of the
-// step are rounded to what a bf16 cache will hold, so decode and prefill see the same values.
-inline const float* kv_ptr(const AttnCtx& c, int32_t j, int which, float* tmp) {
+// Head g of key (which = 0) or value (which = 1) at position j, as f32 in dst[d * stride]. Rows
+// of the step come from qkv; earlier ones from the cache. Keys of the step are rounded to what a
+// bf16 cache will hold, so decode and prefill see the same values.
+inline void load_kv(const AttnCtx& c, int32_t j, int which, float* dst, int64_t stride) {
   const AttentionParams& p = *c.p;
   const int hd = c.hd;
+  const bool bf16 = p.kv_dtype == DType::BF16;
   if (j >= c.sp->pos0) {
     const float* row = p.qkv + int64_t(c.sp->tok_start + j - c.sp->pos0) * p.qkv_stride;
     const float* x = row + int64_t(p.n_heads + which * p.n_kv_heads + c.g) * hd;
-    if (p.kv_dtype != DType::BF16) return x;
-    for (int d = 0; d < hd; ++d) tmp[d] = bf16f(to_bf16(x[d]));
-    return tmp;
+    for (int d = 0; d < hd; ++d) dst[d * stride] = bf16 ? bf16f(to_bf16(x[d])) : x[d];
+    return;
   }
-  int64_t off = kv_slot(p.layout, *c.sp, c.table, j) * int64_t(p.n_kv_heads) * hd + int64_t(c.g) * hd;
-  const void* base = which ? p.v_cache : p.k_cache;
-  if (p.kv_dtype == DType::BF16) {
-    const uint16_t* x = static_cast<const uint16_t*>(base) + off;
-    for (int d = 0; d < hd; ++d) tmp[d] = bf16f(x[d]);
-    return tmp;
+  const int64_t kvw = int64_t(p.n_kv_heads) * hd;
+  const int64_t slot = kv_slot(p.layout, *c.sp, c.table, j);
+  const int64_t e0 = int64_t(c.g) * hd;
+  if (which == 0) {
+    for (int d = 0; d < hd; ++d) {
+      const int64_t o = k_offset(slot, e0 + d, kvw);
+      dst[d * stride] = bf16 ? bf16f(static_cast<const uint16_t*>(p.k_cache)[o]) : static_cast<const float*>(p.k_cache)[o];
+    }
+  } else {
+    const int64_t o = slot * kvw + e0;
+    for (int d = 0; d < hd; ++d)
+      dst[d * stride] = bf16 ? bf16f(static_cast<const uint16_t*>(p.v_cache)[o + d]) : static_cast<const float*>(p.v_cache)[o + d];
   }
-  return static_cast<const float*>(base) + off;
 }
 
 void attention_task(const AttentionParams& p, const AttnTask& task, float* scratch) {
@@ -338,10 +330,11 @@ void attention_task(const AttentionParams& p, const AttnTask& task, float* scrat
   const int n_rep = p.n_heads / p.n_kv_heads;
   const int rows = (task.t1 - task.t0) * n_rep;
   const bool local = p.layout.local;
+  const bool bf16 = p.kv_dtype == DType::BF16;
+  const int64_t kvw = int64_t(p.n_kv_heads) * hd;
   const int32_t W = p.layout.window, S = local ? p.layout.n_sinks : 0;
   const int32_t* table = local ? nullptr : p.meta.global_tables + int64_t(sp.table_row) * p.meta.table_stride;
   const AttnCtx ctx{&p, &sp, table, task.g, hd};
-  const bool direct = rows <= kDirectRows;
 
   const int hdp = (hd + kPanel - 1) / kPanel * kPanel;
   float* Q = scratch;                      // [rows, hd], pre-scaled
@@ -351,7 +344,6 @@ void attention_task(const AttentionParams& p, const AttnTask& task, float* scrat
   float* Sc = V + int64_t(kKeyTile) * hdp; // [rows, kKeyTile] scores, then weights
   float* Mx = Sc + kMaxRows * kKeyTile;
   float* Ls = Mx + kMaxRows;
-  float* tmp = Ls + kMaxRows;
   int32_t rpos[kMaxRows];
 
   for (int t = task.t0; t < task.t1; ++t)
@@ -364,55 +356,67 @@ void attention_task(const AttentionParams& p, const AttnTask& task, float* scrat
       Mx[r] = -INFINITY;
       Ls[r] = 0.0f;
     }
-  if (!direct)
-    for (int64_t i = 0; i < int64_t(kKeyTile) * hdp; ++i) V[i] = 0.0f;
+  for (int64_t i = 0; i < int64_t(kKeyTile) * hdp; ++i) V[i] = 0.0f;
   const int32_t pa = sp.pos0 + task.t0, pb = sp.pos0 + task.t1 - 1;
 
   // Keys [j0, j1) in tiles aligned to absolute multiples of kKeyTile, so that a query sees the
-  // same tiles whether it is decoded alone or inside a prefill chunk, or split over threads.
+  // same tiles whether it is decoded alone, inside a prefill chunk, or split over threads.
   auto run_range = [&](int32_t j0, int32_t j1, bool sinks) {
     j0 = int32_t(imax(j0, task.k0));
     j1 = int32_t(imin(j1, task.k1));
     if (j0 >= j1) return;
     for (int32_t jb = j0 - j0 % kKeyTile; jb < j1; jb += kKeyTile) {
       const int32_t lo = jb > j0 ? jb : j0, hi = jb + kKeyTile < j1 ? jb + kKeyTile : j1;
-      auto allowed = [&](int r, int32_t j) { return j <= rpos[r] && (sinks || !local || j > rpos[r] - W); };
-      // Scores.
-      if (direct) {
-        for (int jj = 0; jj < kKeyTile; ++jj) {
-          const int32_t j = jb + jj;
-          if (j < lo || j >= hi) {
-            for (int r = 0; r < rows; ++r) Sc[r * kKeyTile + jj] = -INFINITY;
-            continue;
+      // A tile of cached keys is one aligned group of slots: read it in place (f32) or convert
+      // it in one contiguous pass (bf16). Otherwise (keys of this step, odd block sizes) gather.
+      const float* kt = KT;
+      const float* vt = V;
+      int64_t ldk = kKeyTile, ldv = hdp;
+      bool direct = false;
+      if (hi <= sp.pos0) {
+        const int64_t s_lo = kv_slot(p.layout, sp, table, lo);
+        const int64_t base = s_lo - (lo - jb);
+        direct = base % kKeyTile == 0 && kv_slot(p.layout, sp, table, hi - 1) == s_lo + (hi - 1 - lo);
+        if (direct) {
+          const int64_t kg = (base / kKeyTile) * kKeyTile * kvw + int64_t(task.g) * hd * kKeyTile;
+          const int64_t vg = base * kvw + int64_t(task.g) * hd;
+          if (!bf16) {
+            kt = static_cast<const float*>(p.k_cache) + kg;
+            vt = static_cast<const float*>(p.v_cache) + vg;
+            ldv = kvw;
+          } else {
+            const uint16_t* ks = static_cast<const uint16_t*>(p.k_cache) + kg;
+            for (int64_t i = 0; i < int64_t(hd) * kKeyTile; ++i) KT[i] = bf16f(ks[i]);
+            const uint16_t* vs = static_cast<const uint16_t*>(p.v_cache) + vg;
+            for (int jj = 0; jj < kKeyTile; ++jj)
+              for (int d = 0; d < hd; ++d) V[jj * hdp + d] = bf16f(vs[jj * kvw + d]);
           }
-          const float* k = kv_ptr(ctx, j, 0, tmp);
-          for (int r = 0; r < rows; ++r) Sc[r * kKeyTile + jj] = allowed(r, j) ? dot(Q + r * hd, k, hd) : -INFINITY;
         }
-      } else {
+      }
+      if (!direct) {
         for (int jj = 0; jj < kKeyTile; ++jj) {
           const int32_t j = jb + jj;
           if (j >= lo && j < hi) {
-            const float* k = kv_ptr(ctx, j, 0, tmp);
-            for (int d = 0; d < hd; ++d) KT[d * kKeyTile + jj] = k[d];
-            const float* v = kv_ptr(ctx, j, 1, tmp);
-            for (int d = 0; d < hd; ++d) V[jj * hdp + d] = v[d];
+            load_kv(ctx, j, 0, KT + jj, kKeyTile);
+            load_kv(ctx, j, 1, V + jj * hdp, 1);
           } else {
             for (int d = 0; d < hd; ++d) KT[d * kKeyTile + jj] = 0.0f;
             for (int d = 0; d < hd; ++d) V[jj * hdp + d] = 0.0f;
           }
         }
-        tile_gemm(rows, Q, hd, KT, kKeyTile, hd, kKeyTile, Sc, kKeyTile, false);
-        for (int r = 0; r < rows; ++r)
-          for (int jj = 0; jj < kKeyTile; ++jj) {
-            const int32_t j = jb + jj;
-            if (!(j >= lo && j < hi && allowed(r, j))) Sc[r * kKeyTile + jj] = -INFINITY;
-          }
       }
-      // Online softmax: rescale what was accumulated, turn scores into weights.
+      tile_gemm(rows, Q, hd, kt, ldk, hd, kKeyTile, Sc, kKeyTile, false);
+      // Online softmax: mask, rescale what was accumulated, turn scores into weights.
       for (int r = 0; r < rows; ++r) {
         float* sr = Sc + r * kKeyTile;
+        const int32_t pr = rpos[r];
         float mx = -INFINITY;
-        for (int jj = 0; jj < kKeyTile; ++jj) mx = sr[jj] > mx ? sr[jj] : mx;
+        for (int jj = 0; jj < kKeyTile; ++jj) {
+          const int32_t j = jb + jj;
+          const bool ok = j >= lo && j < hi && j <= pr && (sinks || !local || j > pr - W);
+          sr[jj] = ok ? sr[jj] : -INFINITY;
+          mx = sr[jj] > mx ? sr[jj] : mx;
+        }
         if (mx == -INFINITY) {
           for (int jj = 0; jj < kKeyTile; ++jj) sr[jj] = 0.0f;
           continue;
@@ -430,23 +434,7 @@ void attention_task(const AttentionParams& p, const AttnTask& task, float* scrat
         float* orow = O + r * hdp;
         for (int d = 0; d < hd; ++d) orow[d] *= corr;
       }
-      // Weighted values.
-      if (direct) {
-        for (int jj = 0; jj < kKeyTile; ++jj) {
-          const int32_t j = jb + jj;
-          if (j < lo || j >= hi) continue;
-          const float* v = nullptr;
-          for (int r = 0; r < rows; ++r) {
-            const float e = Sc[r * kKeyTile + jj];
-            if (e == 0.0f) continue;
-            if (!v) v = kv_ptr(ctx, j, 1, tmp + hd);
-            float* orow = O + r * hdp;
-            for (int d = 0; d < hd; ++d) orow[d] += e * v[d];
-          }
-        }
-      } else {
-        tile_gemm(rows, Sc, kKeyTile, V, hdp, kKeyTile, hd, O, hdp, true);
-      }
+      tile_gemm(rows, Sc, kKeyTile, vt, ldv, kKeyTile, hd, O, hdp, true);
     }
   };
 
