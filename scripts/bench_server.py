@@ -1,10 +1,11 @@
 #!/usr/bin/python3
 """Load generator for a running hyco server: what users of an IDE plugin feel.
 
-Each client edits its own source file: its first request is a FIM request with a ~2K-token
-prefix and ~200-token suffix; every following request is the same file with the cursor a few
-characters further on (the user typed them), as llama.vim/llama.vscode send it — so prefix reuse
-matters. Requests go to /infill, streaming, 64 new tokens (EOS ignored so every request
+Each client edits its own source file: FIM requests with a ~2K-token prefix and ~200-token
+suffix; every request is the same file with the cursor a few characters further on (the user
+typed them), as llama.vim/llama.vscode send it — so prefix reuse matters. Each client's first
+--warmup requests (the file was just opened) are not measured: the levels measure an editing
+session, the cursor-moved line measures the cold/warm difference. Requests go to /infill, streaming, 64 new tokens (EOS ignored so every request
 generates the same amount).
 
   /usr/bin/python3 scripts/bench_server.py --url http://127.0.0.1:8012 --sources DIR \
@@ -142,15 +143,24 @@ class Doc:
             self.gap += 200
 
 
-def run_level(server, docs, n_clients, n_requests, n_predict, seed):
+def run_level(server, docs, n_clients, n_requests, n_predict, seed, warmup):
     ttfts, itls, errors, statuses = [], [], 0, {}
     tokens = 0
     lock = threading.Lock()
+    start = threading.Barrier(n_clients + 1)
 
     def client(i):
         nonlocal errors, tokens
         rng = random.Random(seed * 1000 + i)
         doc = docs[i]
+        # Warm-up (not measured): the editor opened the file and asked once already.
+        for _ in range(warmup):
+            try:
+                server.stream_infill(doc.request(n_predict))
+            except Exception:  # noqa: BLE001 - counted below when it happens again
+                pass
+            doc.type(rng)
+        start.wait()
         for _ in range(n_requests):
             try:
                 ttft, times, n, _, status = server.stream_infill(doc.request(n_predict))
@@ -166,10 +176,11 @@ def run_level(server, docs, n_clients, n_requests, n_predict, seed):
                     tokens += n
             doc.type(rng)
 
-    t0 = time.perf_counter()
     threads = [threading.Thread(target=client, args=(i,)) for i in range(n_clients)]
     for t in threads:
         t.start()
+    start.wait()  # every client has warmed up its file
+    t0 = time.perf_counter()
     for t in threads:
         t.join()
     wall = time.perf_counter() - t0
@@ -198,7 +209,8 @@ def main():
     ap.add_argument("--api-key", default=os.environ.get("HYCO_API_KEY"))
     ap.add_argument("--sources", required=True, help="directory of source files to edit")
     ap.add_argument("--clients", default="1,4,16,64")
-    ap.add_argument("--requests", type=int, default=6, help="requests per client per level")
+    ap.add_argument("--requests", type=int, default=6, help="measured requests per client per level")
+    ap.add_argument("--warmup", type=int, default=1, help="unmeasured requests per client first (the file is open)")
     ap.add_argument("--prefix-tokens", type=int, default=2048)
     ap.add_argument("--suffix-tokens", type=int, default=200)
     ap.add_argument("--n-predict", type=int, default=64)
@@ -225,7 +237,7 @@ def main():
     for n in levels:
         docs = [Doc(server, sources[(i * 7919) % len(sources)], args.prefix_tokens, args.suffix_tokens, rng)
                 for i in range(n)]
-        r = run_level(server, docs, n, args.requests, args.n_predict, args.seed)
+        r = run_level(server, docs, n, args.requests, args.n_predict, args.seed, args.warmup)
         out["levels"].append(r)
         print(f"{n:7d} {r['requests']:5d} {r['errors']:4d} | {r['ttft_p50_ms']:9.1f} {r['ttft_p99_ms']:8.1f}    | "
               f"{r['itl_p50_ms']:8.2f} {r['itl_p99_ms']:7.2f}    | {r['tokens_per_s']:8.1f}", flush=True)
