@@ -129,7 +129,7 @@ int run_bench(const BenchArgs& a) {
     for (int ctx : a.contexts) {
       if (ctx < 1) throw InvalidArgument("--contexts must be positive");
       const int B = a.batch;
-      KvCacheConfig kc = to_kv_config(a.engine, c, default_kv_dtype(*backend), B);
+      KvCacheConfig kc = to_kv_config(a.engine, c, default_kv_dtype(*backend, model->matrix_dtype()), B);
       kc.n_ctx = ctx + a.decode_tokens + 1;
       kc.memory_bytes = 0;
       KvCache kv(c, *backend, kc);

@@ -37,7 +37,7 @@ int run_complete(const CompleteArgs& a) {
   for (int32_t e : cfg.eos_ids) stops.push_back(e);
   if (tok->eos_id() >= 0) stops.push_back(tok->eos_id());
 
-  KvCache kv(cfg, *backend, to_kv_config(a.engine, cfg, default_kv_dtype(*backend), 1));
+  KvCache kv(cfg, *backend, to_kv_config(a.engine, cfg, default_kv_dtype(*backend, model->matrix_dtype()), 1));
   if (int64_t(prompt.size()) + a.max_tokens > kv.n_ctx())
     throw InvalidArgument("prompt of " + std::to_string(prompt.size()) + " tokens plus " + std::to_string(a.max_tokens) +
                           " new ones exceeds the context of " + std::to_string(kv.n_ctx()));

@@ -23,6 +23,8 @@ std::unique_ptr<Backend> make_backend(const std::string& device, int threads) {
   return make_cpu_backend(threads);
 }
 
-DType default_kv_dtype(const Backend& b) { return b.name() == "cpu" ? DType::F32 : DType::BF16; }
+DType default_kv_dtype(const Backend& b, DType matrix_dtype) {
+  return b.name() == "cpu" && matrix_dtype == DType::F32 ? DType::F32 : DType::BF16;
+}
 
 }  // namespace hyco

@@ -61,7 +61,7 @@ void CompletionService::load() {
   eos_ids_ = c.eos_ids;
   if (tok_->eos_id() >= 0 && std::find(eos_ids_.begin(), eos_ids_.end(), tok_->eos_id()) == eos_ids_.end())
     eos_ids_.push_back(tok_->eos_id());
-  KvCacheConfig kc = to_kv_config(opts_.engine, c, default_kv_dtype(*backend_), opts_.scheduler.parallel + opts_.cache_seqs);
+  KvCacheConfig kc = to_kv_config(opts_.engine, c, default_kv_dtype(*backend_, model_->matrix_dtype()), opts_.scheduler.parallel + opts_.cache_seqs);
   kc.n_seqs_full = opts_.scheduler.parallel;
   kv_ = std::make_unique<KvCache>(c, *backend_, kc);
   sched_ = std::make_unique<Scheduler>(*model_, *kv_, tok_.get(), opts_.scheduler);

@@ -1,6 +1,5 @@
 // The CPU backend: memory, weight packing, op dispatch to the ISA variant chosen at start, and
 // the split of each op over the thread pool. The reference every other backend is checked against.
-#include <cpuid.h>
 #include <sys/mman.h>
 
 #include <algorithm>
@@ -22,19 +21,11 @@ namespace hyco {
 namespace cpu {
 namespace {
 
-// AVX512_BF16 is CPUID leaf 7 subleaf 1, EAX bit 5 (asked directly: older compilers'
-// __builtin_cpu_supports does not know it); the OS must also save the AVX-512 state (XCR0).
-bool cpu_has_avx512bf16() {
-  unsigned a = 0, b = 0, c = 0, d = 0;
-  if (!__get_cpuid_count(7, 1, &a, &b, &c, &d)) return false;
-  return (a >> 5) & 1u;
-}
-
 bool machine_has(const std::string& isa) {
   __builtin_cpu_init();
   if (isa == "avx512")
     return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-           __builtin_cpu_supports("avx512vl") && cpu_has_avx512bf16();
+           __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
   if (isa == "avx2")
     return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
   return isa == "base";
@@ -204,13 +195,7 @@ class CpuBackend final : public Backend {
     g.ldo = out.cols;
     g.accumulate = accumulate;
     const bool bf16 = w.dtype == DType::BF16;
-    if (bf16) {
-      g.Kp = (g.K + 1) & ~int64_t(1);
-      g.ldxb = g.Kp / 2;
-      if (xb_.size() < size_t(g.M * g.ldxb)) xb_.resize(size_t(g.M * g.ldxb));
-      g.xb = xb_.data();
-      rows_parallel(g.M, g.K, [&](int64_t r0, int64_t r1) { k_->round_rows_bf16(g, r0, r1); });
-    }
+    if (bf16) g.Kp = (g.K + 1) & ~int64_t(1);
     auto gemm = bf16 ? k_->gemm_bf16 : k_->gemm_f32;
     const int64_t P = n_panels(g.N);
     const int nth = pool_.size();
@@ -450,7 +435,6 @@ class CpuBackend final : public Backend {
   ThreadPool pool_;
   const CpuKernels* k_;
   std::vector<std::vector<float>> scratch_;
-  std::vector<uint32_t> xb_;
   std::vector<AttnTask> tasks_;
   std::vector<Merge> merges_;
   std::vector<float> partial_;

@@ -30,8 +30,6 @@ static_assert(kKeyTile == kKvGroup, "a key tile must be one group of cache slots
 struct GemmArgs {
   const float* x = nullptr;      // [M, K] f32, row stride ldx
   int64_t ldx = 0;
-  const uint32_t* xb = nullptr;  // bf16 path: x rounded to bf16, as pairs [M, Kp/2], row stride ldxb
-  int64_t ldxb = 0;
   const void* w = nullptr;  // packed panels
   int64_t M = 0, N = 0, K = 0, Kp = 0;
   const float* bias = nullptr;  // [N] or null
@@ -63,8 +61,6 @@ struct CpuKernels {
   // out[m0:m1, panels p0:p1] of x · wᵀ
   void (*gemm_f32)(const GemmArgs& a, int64_t p0, int64_t p1, int64_t m0, int64_t m1);
   void (*gemm_bf16)(const GemmArgs& a, int64_t p0, int64_t p1, int64_t m0, int64_t m1);
-  // xb[m] = bf16 pairs of x[m] for m in [m0, m1)
-  void (*round_rows_bf16)(const GemmArgs& a, int64_t m0, int64_t m1);
   void (*attention_task)(const AttentionParams& p, const AttnTask& t, float* scratch);
   void (*rms_norm)(const float* x, const float* w, float eps, int64_t D, float* out, int64_t r0, int64_t r1);
   // gate_up rows [gate(F) | up(F)] → out rows (F)

@@ -1,6 +1,7 @@
 // CPU kernels: packed GEMM (f32 and bf16 weights), flash-style attention over rings and paged
-// blocks, RMSNorm, SwiGLU, RoPE. Compiled once per ISA variant (HYCO_CPU_VARIANT); plain C++ that
-// the compiler vectorises, plus AVX-512 (BF16) micro-kernels where the variant has them.
+// blocks (f32 or bf16 cache), RMSNorm, SwiGLU, RoPE. Compiled once per ISA variant
+// (HYCO_CPU_VARIANT); plain C++ that the compiler vectorises, plus AVX-512 micro-kernels. bf16 is
+// widened to f32 exactly and all arithmetic is f32.
 // NOTE: no std templates here (see cpu_kernels.h); every row's arithmetic is independent of the
 // other rows in the batch, so a token gives bit-identical results alone or in a batch.
 #include <cmath>
@@ -91,22 +92,48 @@ void mk_f32_portable(const float* a, int64_t lda, const float* b, int64_t ldb, i
   store_tile(acc, MR, c, ldc, nvalid, bias, accumulate);
 }
 
-// bf16 weights with f32 activations (variants without AVX512-BF16): exact products of the stored
-// weights.
+// bf16 weights (interleaved pairs of k, see cpu_kernels.h) with f32 activations: the weights
+// are widened exactly and accumulated one k at a time in ascending order, like the f32 kernel.
 template <int MR>
-void mk_bf16_portable(const float* a, int64_t lda, const uint16_t* b, int64_t Kp, int64_t K, float* c, int64_t ldc,
-                      int nvalid, const float* bias, bool accumulate) {
+void mk_w16_portable(const float* a, int64_t lda, const uint16_t* b, int64_t Kp, int64_t K, float* c, int64_t ldc,
+                     int nvalid, const float* bias, bool accumulate) {
   float acc[MR * kPanel];
   for (int i = 0; i < MR * kPanel; ++i) acc[i] = 0.0f;
-  float bf[2 * kPanel];
+  float b0[kPanel], b1[kPanel];
   for (int64_t kk = 0; kk < Kp / 2; ++kk) {
     const uint16_t* bk = b + kk * 2 * kPanel;
-    for (int j = 0; j < 2 * kPanel; ++j) bf[j] = bf16f(bk[j]);
+    for (int j = 0; j < kPanel; ++j) {
+      b0[j] = bf16f(bk[2 * j]);
+      b1[j] = bf16f(bk[2 * j + 1]);
+    }
+    const bool odd = 2 * kk + 1 < K;
     for (int r = 0; r < MR; ++r) {
-      float a0 = a[r * lda + 2 * kk];
-      float a1 = 2 * kk + 1 < K ? a[r * lda + 2 * kk + 1] : 0.0f;
       float* ar = acc + r * kPanel;
-      for (int j = 0; j < kPanel; ++j) ar[j] += a0 * bf[2 * j] + a1 * bf[2 * j + 1];
+      const float a0 = a[r * lda + 2 * kk];
+      for (int j = 0; j < kPanel; ++j) ar[j] += a0 * b0[j];
+      if (odd) {
+        const float a1 = a[r * lda + 2 * kk + 1];
+        for (int j = 0; j < kPanel; ++j) ar[j] += a1 * b1[j];
+      }
+    }
+  }
+  store_tile(acc, MR, c, ldc, nvalid, bias, accumulate);
+}
+
+// b: K rows of kPanel bf16 values (not interleaved), ldb apart: attention over a bf16 cache.
+template <int MR>
+void mk_h_portable(const float* a, int64_t lda, const uint16_t* b, int64_t ldb, int64_t K, float* c, int64_t ldc,
+                   int nvalid, const float* bias, bool accumulate) {
+  float acc[MR * kPanel];
+  for (int i = 0; i < MR * kPanel; ++i) acc[i] = 0.0f;
+  float bf[kPanel];
+  for (int64_t k = 0; k < K; ++k) {
+    const uint16_t* bk = b + k * ldb;
+    for (int j = 0; j < kPanel; ++j) bf[j] = bf16f(bk[j]);
+    for (int r = 0; r < MR; ++r) {
+      float av = a[r * lda + k];
+      float* ar = acc + r * kPanel;
+      for (int j = 0; j < kPanel; ++j) ar[j] += av * bf[j];
     }
   }
   store_tile(acc, MR, c, ldc, nvalid, bias, accumulate);
@@ -151,24 +178,64 @@ void mk_f32_avx512(const float* a, int64_t lda, const float* b, int64_t ldb, int
 }
 #endif
 
-#if defined(__AVX512BF16__)
-// a: activations already rounded to bf16, as 32-bit pairs. One vdpbf16ps = 16 columns × 2 k.
+#if defined(__AVX512F__)
+// bf16 weights widened in registers: the low half of each 32-bit pair (k even) shifted up, the
+// high half (k odd) masked; then f32 FMAs in k order. On the CPUs we measured, two f32 FMA ports
+// outrun vdpbf16ps twice over, and the activations stay exact f32. (maskz_ forms of the
+// intrinsics: GCC 12 warns about the undefined source of the unmasked ones.)
 template <int MR>
-void mk_bf16_avx512(const uint32_t* a, int64_t lda, const uint16_t* b, int64_t Kp, float* c, int64_t ldc, int nvalid,
-                    const float* bias, bool accumulate) {
+void mk_w16_avx512(const float* a, int64_t lda, const uint16_t* b, int64_t Kp, int64_t K, float* c, int64_t ldc,
+                   int nvalid, const float* bias, bool accumulate) {
   __m512 acc[MR][4];
   for (int r = 0; r < MR; ++r)
     for (int v = 0; v < 4; ++v) acc[r][v] = _mm512_setzero_ps();
-  for (int64_t kk = 0; kk < Kp / 2; ++kk) {
+  const __m512i hi_mask = _mm512_set1_epi32(int(0xffff0000u));
+  const int64_t full = K / 2;  // pairs with both k present
+  // Even k, then odd k, of a pair: 24 accumulators + 4 widened weights + 1 broadcast fit the 32
+  // registers (interleaving both halves spills the accumulators).
+  for (int64_t kk = 0; kk < full; ++kk) {
     const uint16_t* bk = b + kk * 2 * kPanel;
-    __m512bh b0 = (__m512bh)_mm512_loadu_si512(bk), b1 = (__m512bh)_mm512_loadu_si512(bk + 32),
-             b2 = (__m512bh)_mm512_loadu_si512(bk + 64), b3 = (__m512bh)_mm512_loadu_si512(bk + 96);
+    const float* ak = a + 2 * kk;
+    __m512 bv[4];
+    for (int v = 0; v < 4; ++v)
+      bv[v] = _mm512_castsi512_ps(_mm512_maskz_slli_epi32(__mmask16(0xffff), _mm512_loadu_si512(bk + v * 32), 16));
     for (int r = 0; r < MR; ++r) {
-      __m512bh av = (__m512bh)_mm512_set1_epi32(int(a[r * lda + kk]));
-      acc[r][0] = _mm512_dpbf16_ps(acc[r][0], av, b0);
-      acc[r][1] = _mm512_dpbf16_ps(acc[r][1], av, b1);
-      acc[r][2] = _mm512_dpbf16_ps(acc[r][2], av, b2);
-      acc[r][3] = _mm512_dpbf16_ps(acc[r][3], av, b3);
+      const __m512 av = _mm512_set1_ps(ak[r * lda]);
+      for (int v = 0; v < 4; ++v) acc[r][v] = _mm512_fmadd_ps(av, bv[v], acc[r][v]);
+    }
+    for (int v = 0; v < 4; ++v) bv[v] = _mm512_castsi512_ps(_mm512_and_si512(_mm512_loadu_si512(bk + v * 32), hi_mask));
+    for (int r = 0; r < MR; ++r) {
+      const __m512 av = _mm512_set1_ps(ak[r * lda + 1]);
+      for (int v = 0; v < 4; ++v) acc[r][v] = _mm512_fmadd_ps(av, bv[v], acc[r][v]);
+    }
+  }
+  if (full * 2 < K) {  // odd K: the last k alone
+    const uint16_t* bk = b + full * 2 * kPanel;
+    for (int v = 0; v < 4; ++v) {
+      const __m512 b0 = _mm512_castsi512_ps(_mm512_maskz_slli_epi32(__mmask16(0xffff), _mm512_loadu_si512(bk + v * 32), 16));
+      for (int r = 0; r < MR; ++r) acc[r][v] = _mm512_fmadd_ps(_mm512_set1_ps(a[r * lda + 2 * full]), b0, acc[r][v]);
+    }
+  }
+  (void)Kp;
+  store_zmm_tile(acc, MR, c, ldc, nvalid, bias, accumulate);
+}
+
+// b: K rows of kPanel bf16 values, ldb apart, widened in registers.
+template <int MR>
+void mk_h_avx512(const float* a, int64_t lda, const uint16_t* b, int64_t ldb, int64_t K, float* c, int64_t ldc,
+                 int nvalid, const float* bias, bool accumulate) {
+  __m512 acc[MR][4];
+  for (int r = 0; r < MR; ++r)
+    for (int v = 0; v < 4; ++v) acc[r][v] = _mm512_setzero_ps();
+  for (int64_t k = 0; k < K; ++k) {
+    const uint16_t* bk = b + k * ldb;
+    __m512 bv[4];
+    for (int v = 0; v < 4; ++v)
+      bv[v] = _mm512_castsi512_ps(
+          _mm512_maskz_slli_epi32(__mmask16(0xffff), _mm512_maskz_cvtepu16_epi32(__mmask16(0xffff), _mm256_loadu_si256(reinterpret_cast<const __m256i*>(bk + v * 16))), 16));
+    for (int r = 0; r < MR; ++r) {
+      __m512 av = _mm512_set1_ps(a[r * lda + k]);
+      for (int v = 0; v < 4; ++v) acc[r][v] = _mm512_fmadd_ps(av, bv[v], acc[r][v]);
     }
   }
   store_zmm_tile(acc, MR, c, ldc, nvalid, bias, accumulate);
@@ -185,24 +252,46 @@ inline void mk_f32(const float* a, int64_t lda, const float* b, int64_t ldb, int
 #endif
 }
 
+template <int MR>
+inline void mk_h(const float* a, int64_t lda, const uint16_t* b, int64_t ldb, int64_t K, float* c, int64_t ldc,
+                 int nvalid, const float* bias, bool accumulate) {
+#if defined(__AVX512F__)
+  mk_h_avx512<MR>(a, lda, b, ldb, K, c, ldc, nvalid, bias, accumulate);
+#else
+  mk_h_portable<MR>(a, lda, b, ldb, K, c, ldc, nvalid, bias, accumulate);
+#endif
+}
+
 constexpr int kMR = 6;
 
-// c[rows, n] (+)= a[rows, K] · b[K, n] for a small tile: b rows are ldb apart and readable up to
-// a multiple of kPanel columns (zero padded); only n columns are stored.
-void tile_gemm(int rows, const float* a, int64_t lda, const float* b, int64_t ldb, int64_t K, int n, float* c,
+// c[rows, n] (+)= a[rows, K] · b[K, n] for a small tile: b rows (f32, or bf16 widened on the fly)
+// are ldb apart and readable up to a multiple of kPanel columns; only n columns are stored.
+template <int MR>
+inline void mk_any(const float* a, int64_t lda, const float* b, int64_t ldb, int64_t K, float* c, int64_t ldc,
+                   int nvalid, bool accumulate) {
+  mk_f32<MR>(a, lda, b, ldb, K, c, ldc, nvalid, nullptr, accumulate);
+}
+template <int MR>
+inline void mk_any(const float* a, int64_t lda, const uint16_t* b, int64_t ldb, int64_t K, float* c, int64_t ldc,
+                   int nvalid, bool accumulate) {
+  mk_h<MR>(a, lda, b, ldb, K, c, ldc, nvalid, nullptr, accumulate);
+}
+
+template <class BT>
+void tile_gemm(int rows, const float* a, int64_t lda, const BT* b, int64_t ldb, int64_t K, int n, float* c,
                int64_t ldc, bool accumulate) {
   for (int p = 0; p * kPanel < n; ++p) {
     const int nvalid = n - p * kPanel < kPanel ? n - p * kPanel : kPanel;
-    const float* bp = b + p * kPanel;
+    const BT* bp = b + p * kPanel;
     float* cp = c + p * kPanel;
     int r = 0;
-    for (; r + kMR <= rows; r += kMR) mk_f32<kMR>(a + r * lda, lda, bp, ldb, K, cp + r * ldc, ldc, nvalid, nullptr, accumulate);
+    for (; r + kMR <= rows; r += kMR) mk_any<kMR>(a + r * lda, lda, bp, ldb, K, cp + r * ldc, ldc, nvalid, accumulate);
     switch (rows - r) {
-      case 5: mk_f32<5>(a + r * lda, lda, bp, ldb, K, cp + r * ldc, ldc, nvalid, nullptr, accumulate); break;
-      case 4: mk_f32<4>(a + r * lda, lda, bp, ldb, K, cp + r * ldc, ldc, nvalid, nullptr, accumulate); break;
-      case 3: mk_f32<3>(a + r * lda, lda, bp, ldb, K, cp + r * ldc, ldc, nvalid, nullptr, accumulate); break;
-      case 2: mk_f32<2>(a + r * lda, lda, bp, ldb, K, cp + r * ldc, ldc, nvalid, nullptr, accumulate); break;
-      case 1: mk_f32<1>(a + r * lda, lda, bp, ldb, K, cp + r * ldc, ldc, nvalid, nullptr, accumulate); break;
+      case 5: mk_any<5>(a + r * lda, lda, bp, ldb, K, cp + r * ldc, ldc, nvalid, accumulate); break;
+      case 4: mk_any<4>(a + r * lda, lda, bp, ldb, K, cp + r * ldc, ldc, nvalid, accumulate); break;
+      case 3: mk_any<3>(a + r * lda, lda, bp, ldb, K, cp + r * ldc, ldc, nvalid, accumulate); break;
+      case 2: mk_any<2>(a + r * lda, lda, bp, ldb, K, cp + r * ldc, ldc, nvalid, accumulate); break;
+      case 1: mk_any<1>(a + r * lda, lda, bp, ldb, K, cp + r * ldc, ldc, nvalid, accumulate); break;
       default: break;
     }
   }
@@ -228,10 +317,10 @@ void gemm_bf16_rows(const GemmArgs& g, int64_t m, int64_t p0, int64_t p1) {
     const uint16_t* panel = w + p * g.Kp * kPanel;
     const float* bias = g.bias ? g.bias + p * kPanel : nullptr;
     float* c = g.out + m * g.ldo + p * kPanel;
-#if defined(__AVX512BF16__)
-    mk_bf16_avx512<MR>(g.xb + m * g.ldxb, g.ldxb, panel, g.Kp, c, g.ldo, nvalid, bias, g.accumulate);
+#if defined(__AVX512F__)
+    mk_w16_avx512<MR>(g.x + m * g.ldx, g.ldx, panel, g.Kp, g.K, c, g.ldo, nvalid, bias, g.accumulate);
 #else
-    mk_bf16_portable<MR>(g.x + m * g.ldx, g.ldx, panel, g.Kp, g.K, c, g.ldo, nvalid, bias, g.accumulate);
+    mk_w16_portable<MR>(g.x + m * g.ldx, g.ldx, panel, g.Kp, g.K, c, g.ldo, nvalid, bias, g.accumulate);
 #endif
   }
 }
@@ -240,9 +329,11 @@ void gemm_bf16_rows(const GemmArgs& g, int64_t m, int64_t p0, int64_t p1) {
 // rows stay in L2 while the rows stream).
 template <template <int> class Op>
 void gemm_blocks(const GemmArgs& g, int64_t p0, int64_t p1, int64_t m0, int64_t m1) {
-  // Panels in groups so that a group's weights (≤ ~1 MB) stay in L2 across all row blocks.
+  // Panels in groups so that a group's weights (≤ ~1 MB) stay in L2 across all row blocks. A
+  // few rows (decode) go over one panel at a time: it stays in L1/L2 for every row block and the
+  // weights stream from memory once.
   int64_t panel_bytes = (g.Kp ? g.Kp * 2 : g.K * 4) * kPanel;
-  int64_t group = imax(1, (1 << 20) / imax(1, panel_bytes));
+  int64_t group = m1 - m0 <= 4 * kMR ? 1 : imax(1, (1 << 20) / imax(1, panel_bytes));
   for (int64_t pg = p0; pg < p1; pg += group) {
     int64_t pe = imin(p1, pg + group);
     int64_t m = m0;
@@ -272,18 +363,6 @@ void gemm_f32(const GemmArgs& g, int64_t p0, int64_t p1, int64_t m0, int64_t m1)
 }
 void gemm_bf16(const GemmArgs& g, int64_t p0, int64_t p1, int64_t m0, int64_t m1) {
   gemm_blocks<Bf16Op>(g, p0, p1, m0, m1);
-}
-
-void round_rows_bf16(const GemmArgs& g, int64_t m0, int64_t m1) {
-  for (int64_t m = m0; m < m1; ++m) {
-    const float* x = g.x + m * g.ldx;
-    uint32_t* xb = const_cast<uint32_t*>(g.xb) + m * g.ldxb;
-    for (int64_t kk = 0; kk < g.Kp / 2; ++kk) {
-      uint32_t lo = to_bf16(x[2 * kk]);
-      uint32_t hi = 2 * kk + 1 < g.K ? to_bf16(x[2 * kk + 1]) : 0u;
-      xb[kk] = lo | hi << 16;
-    }
-  }
 }
 
 // ---- attention -----------------------------------------------------------------------------------
@@ -371,6 +450,8 @@ void attention_task(const AttentionParams& p, const AttnTask& task, float* scrat
       // it in one contiguous pass (bf16). Otherwise (keys of this step, odd block sizes) gather.
       const float* kt = KT;
       const float* vt = V;
+      const uint16_t* kt16 = nullptr;  // bf16 cache read in place
+      const uint16_t* vt16 = nullptr;
       int64_t ldk = kKeyTile, ldv = hdp;
       bool direct = false;
       if (hi <= sp.pos0) {
@@ -380,16 +461,13 @@ void attention_task(const AttentionParams& p, const AttnTask& task, float* scrat
         if (direct) {
           const int64_t kg = (base / kKeyTile) * kKeyTile * kvw + int64_t(task.g) * hd * kKeyTile;
           const int64_t vg = base * kvw + int64_t(task.g) * hd;
+          ldv = kvw;
           if (!bf16) {
             kt = static_cast<const float*>(p.k_cache) + kg;
             vt = static_cast<const float*>(p.v_cache) + vg;
-            ldv = kvw;
           } else {
-            const uint16_t* ks = static_cast<const uint16_t*>(p.k_cache) + kg;
-            for (int64_t i = 0; i < int64_t(hd) * kKeyTile; ++i) KT[i] = bf16f(ks[i]);
-            const uint16_t* vs = static_cast<const uint16_t*>(p.v_cache) + vg;
-            for (int jj = 0; jj < kKeyTile; ++jj)
-              for (int d = 0; d < hd; ++d) V[jj * hdp + d] = bf16f(vs[jj * kvw + d]);
+            kt16 = static_cast<const uint16_t*>(p.k_cache) + kg;
+            vt16 = static_cast<const uint16_t*>(p.v_cache) + vg;
           }
         }
       }
@@ -405,7 +483,10 @@ void attention_task(const AttentionParams& p, const AttnTask& task, float* scrat
           }
         }
       }
-      tile_gemm(rows, Q, hd, kt, ldk, hd, kKeyTile, Sc, kKeyTile, false);
+      if (kt16)
+        tile_gemm(rows, Q, hd, kt16, ldk, hd, kKeyTile, Sc, kKeyTile, false);
+      else
+        tile_gemm(rows, Q, hd, kt, ldk, hd, kKeyTile, Sc, kKeyTile, false);
       // Online softmax: mask, rescale what was accumulated, turn scores into weights.
       for (int r = 0; r < rows; ++r) {
         float* sr = Sc + r * kKeyTile;
@@ -434,7 +515,10 @@ void attention_task(const AttentionParams& p, const AttnTask& task, float* scrat
         float* orow = O + r * hdp;
         for (int d = 0; d < hd; ++d) orow[d] *= corr;
       }
-      tile_gemm(rows, Sc, kKeyTile, vt, ldv, kKeyTile, hd, O, hdp, true);
+      if (vt16)
+        tile_gemm(rows, Sc, kKeyTile, vt16, ldv, kKeyTile, hd, O, hdp, true);
+      else
+        tile_gemm(rows, Sc, kKeyTile, vt, ldv, kKeyTile, hd, O, hdp, true);
     }
   };
 
@@ -522,7 +606,6 @@ const CpuKernels HYCO_CAT(kKernels, HYCO_CPU_TABLE) = {
     HYCO_STR(HYCO_CPU_VARIANT),
     HYCO_CPU_VARIANT::gemm_f32,
     HYCO_CPU_VARIANT::gemm_bf16,
-    HYCO_CPU_VARIANT::round_rows_bf16,
     HYCO_CPU_VARIANT::attention_task,
     HYCO_CPU_VARIANT::rms_norm,
     HYCO_CPU_VARIANT::swiglu,
