@@ -36,7 +36,7 @@ void add_serve_options(CLI::App& app, ServeOptions& o) {
       ->envname("HYCO_TIMEOUT")
       ->check(CLI::Range(0.001, 86400.0))
       ->capture_default_str();
-  app.add_option("--read-timeout", o.http.read_timeout_s, "Seconds a client may stay silent while sending a request")
+  app.add_option("--read-timeout", o.http.read_timeout_s, "Seconds a client has to send a whole request (headers and body); also the limit on each read and write")
       ->envname("HYCO_READ_TIMEOUT")
       ->check(CLI::Range(1, 3600))
       ->capture_default_str();

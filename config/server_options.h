@@ -20,7 +20,7 @@ struct HttpOptions {
   size_t max_body_bytes = 8u << 20;
   int threads = 64;                       // HTTP worker threads: open streams + idle keep-alive connections
   double request_timeout_s = 600;         // a completion still running after this is cancelled
-  int read_timeout_s = 30;                // a client that sends nothing for this long is dropped
+  int read_timeout_s = 30;                // a request must arrive in full within this; also per read/write
 };
 
 struct ServeOptions {

@@ -2,7 +2,15 @@
 // NOTE: the only file that includes httplib.h.
 #include "server/http_server.h"
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
 #include <atomic>
+#include <cerrno>
+#include <cstring>
 #include <chrono>
 #include <filesystem>
 #include <set>
@@ -56,13 +64,171 @@ double seconds_since(std::chrono::steady_clock::time_point t) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t).count();
 }
 
+// The socket side of a connection, in place of httplib's: a request must arrive in full (request
+// line, headers and body) within `request_limit` of its first byte. httplib's own read timeout
+// applies to each read, so a client sending a byte every few seconds (slow-loris) would hold an
+// HTTP worker forever; here such a request ends in 408 and the connection is closed.
+class DeadlineStream final : public httplib::Stream {
+ public:
+  using Clock = std::chrono::steady_clock;
+  DeadlineStream(socket_t sock, int read_timeout_ms, int write_timeout_ms)
+      : sock_(sock), read_timeout_ms_(read_timeout_ms), write_timeout_ms_(write_timeout_ms) {}
+
+  void start_request(Clock::duration limit) {
+    deadline_ = Clock::now() + limit;
+    timed_out_ = false;
+  }
+  void end_request() { deadline_ = Clock::time_point::max(); }  // the handler runs: no read deadline
+  bool timed_out() const { return timed_out_; }
+  bool is_readable_now() const { return buf_pos_ < buf_len_; }
+  // After an answer to a request that could not be read whole, the framing of what follows is
+  // unknown: the connection closes.
+  void close_after_response() { close_ = true; }
+  bool must_close() const { return close_ || timed_out_; }
+
+  bool is_readable() const override { return buf_pos_ < buf_len_ || wait(POLLIN, read_budget_ms()) > 0; }
+  // While the request is still being read (an error answer to it), the answer goes out even to a
+  // peer that half-closed; once its handler runs, a peer that closed its side is gone.
+  bool is_writable() const override {
+    return wait(POLLOUT, write_timeout_ms_) > 0 && (deadline_ != Clock::time_point::max() || alive());
+  }
+
+  // Buffered (httplib reads headers a byte at a time); pipelined bytes stay for the next request.
+  ssize_t read(char* ptr, size_t size) override {
+    if (buf_pos_ == buf_len_) {
+      bool by_deadline = false;
+      const int budget = read_budget_ms(&by_deadline);
+      const int r = budget > 0 ? wait(POLLIN, budget) : 0;
+      if (r <= 0) {
+        if (r == 0 && by_deadline) timed_out_ = true;
+        return -1;
+      }
+      ssize_t n;
+      do n = ::recv(sock_, buf_, sizeof(buf_), 0);
+      while (n < 0 && errno == EINTR);
+      if (n <= 0) return n;
+      buf_pos_ = 0;
+      buf_len_ = size_t(n);
+    }
+    const size_t n = std::min(size, buf_len_ - buf_pos_);
+    std::memcpy(ptr, buf_ + buf_pos_, n);
+    buf_pos_ += n;
+    return ssize_t(n);
+  }
+  ssize_t write(const char* ptr, size_t size) override {
+    if (!is_writable()) return -1;
+    ssize_t n;
+    do n = ::send(sock_, ptr, size, MSG_NOSIGNAL);
+    while (n < 0 && errno == EINTR);
+    return n;
+  }
+  void get_remote_ip_and_port(std::string& ip, int& port) const override { address(true, ip, port); }
+  void get_local_ip_and_port(std::string& ip, int& port) const override { address(false, ip, port); }
+  socket_t socket() const override { return sock_; }
+
+ private:
+  // Milliseconds a read may wait: the read timeout, or less when the request's deadline is nearer
+  // (rounded up, so that a wait that runs out has passed the deadline).
+  int read_budget_ms(bool* by_deadline = nullptr) const {
+    if (deadline_ == Clock::time_point::max()) return read_timeout_ms_;
+    const int64_t left_us = std::chrono::duration_cast<std::chrono::microseconds>(deadline_ - Clock::now()).count();
+    const int64_t left = left_us <= 0 ? 0 : (left_us + 999) / 1000;
+    if (by_deadline) *by_deadline = left <= read_timeout_ms_;
+    return int(std::min<int64_t>(left, read_timeout_ms_));
+  }
+  int wait(short events, int timeout_ms) const {
+    pollfd p{sock_, events, 0};
+    int r;
+    do r = ::poll(&p, 1, timeout_ms);
+    while (r < 0 && errno == EINTR);
+    if (r > 0 && (p.revents & (POLLERR | POLLNVAL))) return -1;
+    return r;
+  }
+  // A peer that closed (or half-closed) its side while we answer is gone: its request is cancelled.
+  bool alive() const {
+    if (wait(POLLIN, 0) <= 0) return true;
+    char c;
+    ssize_t n;
+    do n = ::recv(sock_, &c, 1, MSG_PEEK | MSG_DONTWAIT);
+    while (n < 0 && errno == EINTR);
+    return n > 0 || (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK));
+  }
+  void address(bool peer, std::string& ip, int& port) const {
+    sockaddr_storage a{};
+    socklen_t len = sizeof(a);
+    ip.clear();
+    port = 0;
+    int r = peer ? ::getpeername(sock_, reinterpret_cast<sockaddr*>(&a), &len)
+                 : ::getsockname(sock_, reinterpret_cast<sockaddr*>(&a), &len);
+    if (r != 0) return;
+    char buf[INET6_ADDRSTRLEN] = {};
+    if (a.ss_family == AF_INET) {
+      auto* v4 = reinterpret_cast<sockaddr_in*>(&a);
+      ::inet_ntop(AF_INET, &v4->sin_addr, buf, sizeof(buf));
+      port = ntohs(v4->sin_port);
+    } else if (a.ss_family == AF_INET6) {
+      auto* v6 = reinterpret_cast<sockaddr_in6*>(&a);
+      ::inet_ntop(AF_INET6, &v6->sin6_addr, buf, sizeof(buf));
+      port = ntohs(v6->sin6_port);
+    }
+    ip = buf;
+  }
+
+  socket_t sock_;
+  int read_timeout_ms_, write_timeout_ms_;
+  Clock::time_point deadline_ = Clock::time_point::max();
+  bool timed_out_ = false, close_ = false;
+  char buf_[4096];
+  size_t buf_pos_ = 0, buf_len_ = 0;
+};
+
+thread_local DeadlineStream* tl_stream = nullptr;  // the worker's current connection
+
+// httplib's server with our connection loop: keep-alive as httplib does it (at most
+// keep_alive_max_count requests, keep_alive_timeout idle between them), over a DeadlineStream.
+class GuardedServer final : public httplib::Server {
+ public:
+  std::chrono::milliseconds request_limit{30000};
+  int read_timeout_ms = 30000, write_timeout_ms = 30000, idle_ms = 5000;
+
+ private:
+  bool process_and_close_socket(socket_t sock) override {
+    DeadlineStream strm(sock, read_timeout_ms, write_timeout_ms);
+    tl_stream = &strm;
+    bool ok = false;
+    for (size_t left = keep_alive_max_count_; left > 0 && svr_sock_ != INVALID_SOCKET && wait_for_request(strm); --left) {
+      strm.start_request(request_limit);
+      bool closed = false;
+      ok = process_request(strm, left == 1, closed, nullptr);
+      if (!ok || closed || strm.must_close()) break;
+    }
+    tl_stream = nullptr;
+    ::shutdown(sock, SHUT_RDWR);
+    ::close(sock);
+    return ok;
+  }
+  // Idle keep-alive: wait for the next request's first byte, noticing a server stop.
+  bool wait_for_request(DeadlineStream& strm) {
+    const auto end = std::chrono::steady_clock::now() + std::chrono::milliseconds(idle_ms);
+    while (svr_sock_ != INVALID_SOCKET) {
+      if (strm.is_readable_now()) return true;  // pipelined
+      pollfd p{strm.socket(), POLLIN, 0};
+      int r = ::poll(&p, 1, 100);
+      if (r < 0 && errno != EINTR) return false;
+      if (r > 0) return !(p.revents & (POLLERR | POLLNVAL));
+      if (std::chrono::steady_clock::now() >= end) return false;
+    }
+    return false;
+  }
+};
+
 }  // namespace
 
 struct HttpServer::Impl {
   CompletionService& svc;
   Metrics& metrics;
   HttpOptions opts;
-  httplib::Server svr;
+  GuardedServer svr;
   std::atomic<uint64_t> next_id{1};
   int bound_port = 0;
   int64_t started = unix_now();
@@ -90,6 +256,7 @@ struct HttpServer::Impl {
   template <class F>
   httplib::Server::Handler guard(F f) {
     return [this, f](const httplib::Request& req, httplib::Response& res) {
+      if (tl_stream) tl_stream->end_request();
       const ErrorStyle style = style_for(req.path);
       try {
         // NOTE: cpp-httplib (0.11) enforces the payload limit only on bodies with a
@@ -435,11 +602,25 @@ struct HttpServer::Impl {
       }
       return httplib::Server::HandlerResponse::Unhandled;
     });
-    svr.set_error_handler([](const httplib::Request& req, httplib::Response& res) {
+    svr.set_error_handler([this](const httplib::Request& req, httplib::Response& res) {
+      if (tl_stream && tl_stream->timed_out()) {
+        res.status = 408;
+        res.set_header("Connection", "close");
+        send_error(res, style_for(req.path),
+                   ApiError(408, "the request did not arrive in full within " + std::to_string(opts.read_timeout_s) +
+                                     " s (--read-timeout); the connection is closed", "", "request_timeout"));
+        return;
+      }
       if (!res.body.empty()) return;
+      // httplib's own answers: the request line, headers or body could not be read whole.
+      if (tl_stream && res.status != 404 && res.status != 405) {
+        tl_stream->close_after_response();
+        res.set_header("Connection", "close");
+      }
       std::string msg = res.status == 404   ? "no route " + req.method + " " + req.path
                         : res.status == 413 ? "request body too large"
                         : res.status == 405 ? "method not allowed"
+                        : res.status == 400 ? "malformed or incomplete HTTP request (request line, headers or body)"
                                             : "request failed";
       send_error(res, style_for(req.path), ApiError(res.status, msg, "", res.status == 404 ? "not_found" : ""));
     });
@@ -473,9 +654,9 @@ HttpServer::HttpServer(CompletionService& svc, Metrics& metrics, const HttpOptio
     setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, reinterpret_cast<const void*>(&yes), sizeof(yes));
   });
   s.set_payload_max_length(opts.max_body_bytes);
-  s.set_read_timeout(opts.read_timeout_s, 0);
-  s.set_write_timeout(opts.read_timeout_s, 0);
-  s.set_keep_alive_timeout(5);
+  s.request_limit = std::chrono::milliseconds(int64_t(opts.read_timeout_s) * 1000);
+  s.read_timeout_ms = s.write_timeout_ms = opts.read_timeout_s * 1000;
+  s.idle_ms = 5000;  // idle keep-alive
   const int threads = opts.threads > 0 ? opts.threads : 64;
   s.new_task_queue = [threads] { return new httplib::ThreadPool(size_t(threads)); };
   impl_->middleware();

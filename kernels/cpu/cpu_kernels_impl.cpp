@@ -196,6 +196,9 @@ void mk_w16_avx512(const float* a, int64_t lda, const uint16_t* b, int64_t Kp, i
   for (int64_t kk = 0; kk < full; ++kk) {
     const uint16_t* bk = b + kk * 2 * kPanel;
     const float* ak = a + 2 * kk;
+    // The weights stream from memory once per step; fetch 8 pairs ahead (across page ends,
+    // where the hardware prefetcher stops).
+    for (int l = 0; l < 4; ++l) _mm_prefetch(reinterpret_cast<const char*>(bk + 16 * kPanel + l * 32), _MM_HINT_T0);
     __m512 bv[4];
     for (int v = 0; v < 4; ++v)
       bv[v] = _mm512_castsi512_ps(_mm512_maskz_slli_epi32(__mmask16(0xffff), _mm512_loadu_si512(bk + v * 32), 16));

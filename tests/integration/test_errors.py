@@ -5,6 +5,7 @@ afterwards the server still answers /health and gives a normal request the same 
 before."""
 
 import json
+import re
 import socket
 import unittest
 
@@ -336,6 +337,116 @@ class BadRequests(h.ServerTest):
                 except OSError:
                     pass
         self.assertStillServing("garbage on the socket")
+
+
+def read_all(s, timeout=10.0):
+    """Everything the server sends on socket s until it closes the connection."""
+    s.settimeout(timeout)
+    data = b""
+    try:
+        while True:
+            d = s.recv(65536)
+            if not d:
+                break
+            data += d
+    except OSError:
+        pass
+    return data
+
+
+def statuses(data):
+    """The status codes of the HTTP responses in data, in order."""
+    return [int(m) for m in re.findall(rb"HTTP/1\.1 (\d{3}) ", data)]
+
+
+class Connections(h.ServerTest):
+    """Slow, half-closed and pipelined connections (a short --read-timeout keeps this quick)."""
+    SERVER_ARGS = ("--threads", "1", "--read-timeout", "2")
+
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        cls.baseline = BadRequests.normal(cls.server)
+
+    normal = staticmethod(BadRequests.normal)
+    assertStillServing = BadRequests.assertStillServing
+
+    def connect(self):
+        return socket.create_connection(("127.0.0.1", self.server.port), timeout=10)
+
+    def trickle(self, socks, parts, seconds):
+        """Sends parts one byte at a time, round robin, until each server answers or time is up;
+        returns what each socket received."""
+        import select
+        import time
+        got = {s: b"" for s in socks}
+        pos = {s: 0 for s in socks}
+        end = time.monotonic() + seconds
+        while time.monotonic() < end and any(not got[s] for s in socks):
+            for s, part in zip(socks, parts):
+                if got[s]:
+                    continue
+                if select.select([s], [], [], 0)[0]:
+                    got[s] = read_all(s) or b"(closed)"
+                elif pos[s] < len(part):
+                    try:
+                        s.sendall(part[pos[s]:pos[s] + 1])
+                        pos[s] += 1
+                    except OSError:
+                        got[s] = read_all(s) or b"(reset)"
+            time.sleep(0.1)
+        return [got[s] for s in socks]
+
+    def test_slow_loris_headers_and_bodies_get_408(self):
+        import time
+        head = b"POST /completion HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        body = json.dumps({"prompt": "fn main", "n_predict": 1}).encode()
+        parts = [head + b"X-Slow: " + b"a" * 200 + b"\r\n\r\n",                     # headers never end
+                 head + b"Content-Length: %d\r\n\r\n" % (len(body) + 400) + body,   # body never ends
+                 head + b"X-Slow: " + b"b" * 200 + b"\r\n\r\n"]
+        socks = [self.connect() for _ in parts]
+        for s, p in zip(socks, parts):  # the first 100 bytes at once, then one byte per 0.1 s
+            s.sendall(p[:100])
+            parts[parts.index(p)] = p[100:]
+        t0 = time.monotonic()
+        # While they trickle, the server serves others.
+        self.assertEqual(BadRequests.normal(self.server), self.baseline)
+        got = self.trickle(socks, parts, 8)
+        took = time.monotonic() - t0
+        for s, data in zip(socks, got):
+            s.close()
+            with self.subTest(data=data[:300]):
+                self.assertEqual(statuses(data), [408], data[:300])
+                self.assertIn(b"read-timeout", data)
+        self.assertLess(took, 6, "slow clients should be dropped after --read-timeout (2 s)")
+        self.assertStillServing("slow-loris clients")
+
+    def test_half_closed_mid_request(self):
+        body = json.dumps({"prompt": "fn main", "n_predict": 1}).encode()
+        for raw, want in [(b"POST /completion HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % (len(body) + 50)
+                           + body, [400]),                                          # body cut short
+                          (b"POST /completion HTTP/1.1\r\nHost: x\r\nContent-Le", [400]),  # headers cut short
+                          (b"POST /completion HTT", [400])]:                        # request line cut short
+            with self.subTest(raw=raw[:60]), self.connect() as s:
+                s.sendall(raw)
+                s.shutdown(socket.SHUT_WR)
+                data = read_all(s)
+                self.assertEqual(statuses(data), want, data[:300])
+                self.assertIn(b"incomplete", data)
+        self.assertStillServing("half-closed connections")
+
+    def test_pipelined_requests_then_garbage(self):
+        get = b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n"
+        body = json.dumps({"content": "fn main() {}"}).encode()
+        post = b"POST /tokenize HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(body) + body
+        with self.connect() as s:
+            s.sendall(get + post + get + b"\x00\xffGARBAGE / HTTP/9\r\n\r\n" + get)
+            data = read_all(s)
+        # Three answers in order, a 400 for the garbage, and the connection closed after it.
+        self.assertEqual(statuses(data), [200, 200, 200, 400], data[:600])
+        self.assertIn(b'"tokens"', data)
+        self.assertIn(b"malformed", data)
+        self.assertStillServing("pipelined garbage")
 
 
 class Limits(h.ServerTest):
