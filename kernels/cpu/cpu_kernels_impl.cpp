@@ -232,6 +232,9 @@ void mk_h_avx512(const float* a, int64_t lda, const uint16_t* b, int64_t ldb, in
     for (int v = 0; v < 4; ++v) acc[r][v] = _mm512_setzero_ps();
   for (int64_t k = 0; k < K; ++k) {
     const uint16_t* bk = b + k * ldb;
+    // The cache streams from memory: fetch 8 rows ahead.
+    _mm_prefetch(reinterpret_cast<const char*>(bk + 8 * ldb), _MM_HINT_T0);
+    _mm_prefetch(reinterpret_cast<const char*>(bk + 8 * ldb + 32), _MM_HINT_T0);
     __m512 bv[4];
     for (int v = 0; v < 4; ++v)
       bv[v] = _mm512_castsi512_ps(
@@ -494,25 +497,37 @@ void attention_task(const AttentionParams& p, const AttnTask& task, float* scrat
       for (int r = 0; r < rows; ++r) {
         float* sr = Sc + r * kKeyTile;
         const int32_t pr = rpos[r];
+        // Max and sum in 16 lanes (a fixed order, so the loops vectorise and every row of a batch
+        // is reduced the same way).
+        float lane[16];
+        for (int i = 0; i < 16; ++i) lane[i] = -INFINITY;
+        for (int j16 = 0; j16 < kKeyTile; j16 += 16)
+          for (int i = 0; i < 16; ++i) {
+            const int jj = j16 + i;
+            const int32_t j = jb + jj;
+            const bool ok = j >= lo && j < hi && j <= pr && (sinks || !local || j > pr - W);
+            const float v = ok ? sr[jj] : -INFINITY;
+            sr[jj] = v;
+            lane[i] = v > lane[i] ? v : lane[i];
+          }
         float mx = -INFINITY;
-        for (int jj = 0; jj < kKeyTile; ++jj) {
-          const int32_t j = jb + jj;
-          const bool ok = j >= lo && j < hi && j <= pr && (sinks || !local || j > pr - W);
-          sr[jj] = ok ? sr[jj] : -INFINITY;
-          mx = sr[jj] > mx ? sr[jj] : mx;
-        }
+        for (int i = 0; i < 16; ++i) mx = lane[i] > mx ? lane[i] : mx;
         if (mx == -INFINITY) {
           for (int jj = 0; jj < kKeyTile; ++jj) sr[jj] = 0.0f;
           continue;
         }
         const float m_new = Mx[r] > mx ? Mx[r] : mx;
         const float corr = Mx[r] == -INFINITY ? 0.0f : fast_exp(Mx[r] - m_new);
+        for (int i = 0; i < 16; ++i) lane[i] = 0.0f;
+        for (int j16 = 0; j16 < kKeyTile; j16 += 16)
+          for (int i = 0; i < 16; ++i) {
+            const int jj = j16 + i;
+            const float e = sr[jj] == -INFINITY ? 0.0f : fast_exp(sr[jj] - m_new);
+            sr[jj] = e;
+            lane[i] += e;
+          }
         float sum = 0.0f;
-        for (int jj = 0; jj < kKeyTile; ++jj) {
-          const float e = sr[jj] == -INFINITY ? 0.0f : fast_exp(sr[jj] - m_new);
-          sr[jj] = e;
-          sum += e;
-        }
+        for (int i = 0; i < 16; ++i) sum += lane[i];
         Ls[r] = Ls[r] * corr + sum;
         Mx[r] = m_new;
         float* orow = O + r * hdp;
