@@ -99,6 +99,14 @@ std::shared_ptr<RequestHandle> Scheduler::submit(CompletionRequest req) {
                           (req.stop.max_tokens > 0 ? " plus " + std::to_string(req.stop.max_tokens) + " to generate" : "") +
                           " exceeds the context of " + std::to_string(n_ctx) + " tokens");
   if (!(req.stop.t_max_predict_ms >= 0)) throw InvalidArgument("t_max_predict_ms must not be negative");
+  // What the whole KV pool could never hold is refused now rather than queued (admission
+  // reserves the same amount).
+  const int32_t n_prompt = int32_t(req.prompt.size());
+  const int32_t max_new = req.stop.max_tokens < 0 ? kv_.n_ctx() - n_prompt : req.stop.max_tokens;
+  const int32_t need = std::min(kv_.n_ctx(), n_prompt + max_new);
+  if (kv_.blocks_for(need) > kv_.n_total_blocks())
+    throw ResourceExhausted("the request needs " + std::to_string(kv_.blocks_for(need)) + " KV blocks but the pool has " +
+                            std::to_string(kv_.n_total_blocks()) + " (raise --kv-memory or lower max tokens)");
   auto h = std::make_shared<RequestHandle>();
   {
     std::lock_guard<std::mutex> lk(mu_);

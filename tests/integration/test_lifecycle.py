@@ -29,6 +29,34 @@ def run_to_exit(args, env=None, timeout=20):
     return p.returncode, p.stdout.decode("utf-8", "replace")
 
 
+class KvPoolExhausted(h.ServerTest):
+    """A KV budget far below what the requests want: requests wait for each other, one that the
+    whole pool could never hold gets 503 with a message, nothing crashes."""
+    SERVER_ARGS = ("--threads", "1", "--kv-memory", "3.0")
+
+    def test_requests_wait_or_get_503(self):
+        import threading
+        long_prompt = "fn main() { let x = 1; }\n" * 80
+        r = self.server.post("/completion", {"prompt": long_prompt, "n_predict": 1500})
+        self.assertEqual(r.status, 503, r)
+        self.assertIn("KV blocks", r.json()["error"]["message"])
+        r = self.server.post("/v1/completions", {"prompt": long_prompt[:700], "max_tokens": 1000})
+        self.assertEqual(r.status, 503, r)
+        self.assertIn("--kv-memory", r.json()["error"]["message"])
+        # Six requests that fit one or two at a time: they queue for KV blocks and all finish.
+        body = {"prompt": long_prompt[:400], "n_predict": 300, "temperature": 0, "ignore_eos": True}
+        alone = self.server.post_json("/completion", body)["content"]
+        got = []
+        ts = [threading.Thread(target=lambda: got.append(self.server.post("/completion", body))) for _ in range(6)]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join()
+        self.assertEqual([r.status for r in got], [200] * 6, got)
+        self.assertEqual({r.json()["content"] for r in got}, {alone})
+        self.assertHealthy()
+
+
 class Shutdown(unittest.TestCase):
     def test_sigterm_cancels_a_stream_after_the_grace_period_and_exits_0(self):
         srv = h.Server("--threads", "1", "--ctx", "16384", "--shutdown-grace", "1").start()
@@ -92,6 +120,28 @@ class Startup(unittest.TestCase):
             self.assertIn(str(first.port), out)
             self.assertRegex(out, r"(?i)cannot listen|in use")
             self.assertEqual(first.get("/health").status, 200)  # the first one is unharmed
+
+    def test_missing_truncated_or_corrupt_model_files_end_the_process(self):
+        size = os.path.getsize(os.path.join(h.MODEL, "model.safetensors"))
+        with open(os.path.join(h.MODEL, "model.safetensors"), "rb") as f:
+            data = f.read()
+        cases = {"missing": None, "truncated": data[:size // 2], "empty": b"",
+                 "corrupt header": data[:8] + b"{not json" + data[17:],
+                 "header length past the end": (len(data) * 4).to_bytes(8, "little") + data[8:]}
+        for what, content in cases.items():
+            with self.subTest(what=what), tempfile.TemporaryDirectory() as d:
+                for f in ("tokenizer.model", "config.json"):
+                    os.symlink(os.path.join(h.MODEL, f), os.path.join(d, f))
+                if content is not None:
+                    with open(os.path.join(d, "model.safetensors"), "wb") as f:
+                        f.write(content)
+                code, out = run_to_exit(["serve", "-m", d, "--port", "0"])
+                self.assertEqual(code, 2, out)  # (it listens meanwhile: /health says 503 while loading)
+                self.assertIn("cannot serve", out)
+                self.assertIn("model.safetensors", out, "the message names the file")
+        code, out = run_to_exit(["serve", "-m", "/nonexistent/model", "--port", "0"])
+        self.assertEqual(code, 2, out)
+        self.assertIn("/nonexistent/model", out)
 
     def test_model_that_cannot_load_ends_the_process(self):
         with tempfile.TemporaryDirectory() as d:
