@@ -331,11 +331,7 @@ class BadRequests(h.ServerTest):
             with socket.create_connection(("127.0.0.1", self.server.port), timeout=10) as s:
                 s.sendall(raw)
                 s.shutdown(socket.SHUT_WR)
-                try:
-                    while s.recv(65536):
-                        pass
-                except OSError:
-                    pass
+                read_all(s)
         self.assertStillServing("garbage on the socket")
 
 
@@ -475,15 +471,7 @@ class Limits(h.ServerTest):
                 s.sendall(b"0\r\n\r\n")
             except OSError:
                 pass  # the server may close early
-            data = b""
-            try:
-                while True:
-                    d = s.recv(65536)
-                    if not d:
-                        break
-                    data += d
-            except OSError:
-                pass
+            data = read_all(s)
         self.assertTrue(data.startswith(b"HTTP/1.1 413 "), data[:200])
         self.assertHealthy()
 
