@@ -300,6 +300,28 @@ class BadRequests(h.ServerTest):
                 self.assertIsNone(self.server.proc.poll(), "the server crashed")
         self.assertStillServing("deeply nested JSON")
 
+    def test_ten_megabyte_bodies_get_413(self):
+        # Over the default --max-body (8 MiB): refused before parsing, with and without a length.
+        big = json.dumps({"prompt": "x" * (10 << 20), "n_predict": 1}).encode()
+        for route in ("/completion", "/v1/completions", "/api/generate", "/infill"):
+            with self.subTest(route=route):
+                r = self.server.post(route, big)
+                self.assertEqual(r.status, 413, r)
+                self.assertIn("too large", json.dumps(r.json()))
+        with socket.create_connection(("127.0.0.1", self.server.port), timeout=30) as s:
+            s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+                      b"Content-Type: application/json\r\n\r\n")
+            try:
+                for i in range(0, len(big), 1 << 16):
+                    part = big[i:i + (1 << 16)]
+                    s.sendall(b"%x\r\n" % len(part) + part + b"\r\n")
+                s.sendall(b"0\r\n\r\n")
+            except OSError:
+                pass  # the server may stop reading early
+            data = read_all(s)
+        self.assertRegex(data, rb"^HTTP/1\.1 413 ")
+        self.assertStillServing("10 MB bodies")
+
     def test_special_token_text_is_text(self):
         # Text that spells a control token is tokenized as text: a prompt cannot inject FIM
         # markers or end the sequence.
