@@ -75,18 +75,23 @@ inline void store_tile(const float* acc, int mr, float* c, int64_t ldc, int nval
   }
 }
 
-// b: K rows of kPanel floats, ldb apart.
-template <int MR>
-void mk_f32_portable(const float* a, int64_t lda, const float* b, int64_t ldb, int64_t K, float* c, int64_t ldc,
-                     int nvalid, const float* bias, bool accumulate) {
+inline float widen(float x) { return x; }
+inline float widen(uint16_t h) { return bf16f(h); }
+
+// b: K rows of kPanel values (f32, or bf16 as in a bf16 cache), ldb apart.
+template <int MR, class BT>
+void mk_rows_portable(const float* a, int64_t lda, const BT* b, int64_t ldb, int64_t K, float* c, int64_t ldc,
+                      int nvalid, const float* bias, bool accumulate) {
   float acc[MR * kPanel];
   for (int i = 0; i < MR * kPanel; ++i) acc[i] = 0.0f;
+  float bf[kPanel];
   for (int64_t k = 0; k < K; ++k) {
-    const float* bk = b + k * ldb;
+    const BT* bk = b + k * ldb;
+    for (int j = 0; j < kPanel; ++j) bf[j] = widen(bk[j]);
     for (int r = 0; r < MR; ++r) {
       float av = a[r * lda + k];
       float* ar = acc + r * kPanel;
-      for (int j = 0; j < kPanel; ++j) ar[j] += av * bk[j];
+      for (int j = 0; j < kPanel; ++j) ar[j] += av * bf[j];
     }
   }
   store_tile(acc, MR, c, ldc, nvalid, bias, accumulate);
@@ -115,25 +120,6 @@ void mk_w16_portable(const float* a, int64_t lda, const uint16_t* b, int64_t Kp,
         const float a1 = a[r * lda + 2 * kk + 1];
         for (int j = 0; j < kPanel; ++j) ar[j] += a1 * b1[j];
       }
-    }
-  }
-  store_tile(acc, MR, c, ldc, nvalid, bias, accumulate);
-}
-
-// b: K rows of kPanel bf16 values (not interleaved), ldb apart: attention over a bf16 cache.
-template <int MR>
-void mk_h_portable(const float* a, int64_t lda, const uint16_t* b, int64_t ldb, int64_t K, float* c, int64_t ldc,
-                   int nvalid, const float* bias, bool accumulate) {
-  float acc[MR * kPanel];
-  for (int i = 0; i < MR * kPanel; ++i) acc[i] = 0.0f;
-  float bf[kPanel];
-  for (int64_t k = 0; k < K; ++k) {
-    const uint16_t* bk = b + k * ldb;
-    for (int j = 0; j < kPanel; ++j) bf[j] = bf16f(bk[j]);
-    for (int r = 0; r < MR; ++r) {
-      float av = a[r * lda + k];
-      float* ar = acc + r * kPanel;
-      for (int j = 0; j < kPanel; ++j) ar[j] += av * bf[j];
     }
   }
   store_tile(acc, MR, c, ldc, nvalid, bias, accumulate);
@@ -254,7 +240,7 @@ inline void mk_f32(const float* a, int64_t lda, const float* b, int64_t ldb, int
 #if defined(__AVX512F__)
   mk_f32_avx512<MR>(a, lda, b, ldb, K, c, ldc, nvalid, bias, accumulate);
 #else
-  mk_f32_portable<MR>(a, lda, b, ldb, K, c, ldc, nvalid, bias, accumulate);
+  mk_rows_portable<MR>(a, lda, b, ldb, K, c, ldc, nvalid, bias, accumulate);
 #endif
 }
 
@@ -264,7 +250,7 @@ inline void mk_h(const float* a, int64_t lda, const uint16_t* b, int64_t ldb, in
 #if defined(__AVX512F__)
   mk_h_avx512<MR>(a, lda, b, ldb, K, c, ldc, nvalid, bias, accumulate);
 #else
-  mk_h_portable<MR>(a, lda, b, ldb, K, c, ldc, nvalid, bias, accumulate);
+  mk_rows_portable<MR>(a, lda, b, ldb, K, c, ldc, nvalid, bias, accumulate);
 #endif
 }
 
