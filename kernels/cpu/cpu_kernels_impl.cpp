@@ -234,21 +234,15 @@ void mk_h_avx512(const float* a, int64_t lda, const uint16_t* b, int64_t ldb, in
 }
 #endif
 
-template <int MR>
-inline void mk_f32(const float* a, int64_t lda, const float* b, int64_t ldb, int64_t K, float* c, int64_t ldc,
-                   int nvalid, const float* bias, bool accumulate) {
+// c[MR rows, kPanel cols] (+)= a[MR, K] · b[K, kPanel], b rows ldb apart: f32, or bf16 widened.
+template <int MR, class BT>
+inline void mk_rows(const float* a, int64_t lda, const BT* b, int64_t ldb, int64_t K, float* c, int64_t ldc,
+                    int nvalid, const float* bias, bool accumulate) {
 #if defined(__AVX512F__)
-  mk_f32_avx512<MR>(a, lda, b, ldb, K, c, ldc, nvalid, bias, accumulate);
-#else
-  mk_rows_portable<MR>(a, lda, b, ldb, K, c, ldc, nvalid, bias, accumulate);
-#endif
-}
-
-template <int MR>
-inline void mk_h(const float* a, int64_t lda, const uint16_t* b, int64_t ldb, int64_t K, float* c, int64_t ldc,
-                 int nvalid, const float* bias, bool accumulate) {
-#if defined(__AVX512F__)
-  mk_h_avx512<MR>(a, lda, b, ldb, K, c, ldc, nvalid, bias, accumulate);
+  if constexpr (sizeof(BT) == 4)
+    mk_f32_avx512<MR>(a, lda, b, ldb, K, c, ldc, nvalid, bias, accumulate);
+  else
+    mk_h_avx512<MR>(a, lda, b, ldb, K, c, ldc, nvalid, bias, accumulate);
 #else
   mk_rows_portable<MR>(a, lda, b, ldb, K, c, ldc, nvalid, bias, accumulate);
 #endif
@@ -258,17 +252,6 @@ constexpr int kMR = 6;
 
 // c[rows, n] (+)= a[rows, K] · b[K, n] for a small tile: b rows (f32, or bf16 widened on the fly)
 // are ldb apart and readable up to a multiple of kPanel columns; only n columns are stored.
-template <int MR>
-inline void mk_any(const float* a, int64_t lda, const float* b, int64_t ldb, int64_t K, float* c, int64_t ldc,
-                   int nvalid, bool accumulate) {
-  mk_f32<MR>(a, lda, b, ldb, K, c, ldc, nvalid, nullptr, accumulate);
-}
-template <int MR>
-inline void mk_any(const float* a, int64_t lda, const uint16_t* b, int64_t ldb, int64_t K, float* c, int64_t ldc,
-                   int nvalid, bool accumulate) {
-  mk_h<MR>(a, lda, b, ldb, K, c, ldc, nvalid, nullptr, accumulate);
-}
-
 template <class BT>
 void tile_gemm(int rows, const float* a, int64_t lda, const BT* b, int64_t ldb, int64_t K, int n, float* c,
                int64_t ldc, bool accumulate) {
@@ -277,13 +260,13 @@ void tile_gemm(int rows, const float* a, int64_t lda, const BT* b, int64_t ldb, 
     const BT* bp = b + p * kPanel;
     float* cp = c + p * kPanel;
     int r = 0;
-    for (; r + kMR <= rows; r += kMR) mk_any<kMR>(a + r * lda, lda, bp, ldb, K, cp + r * ldc, ldc, nvalid, accumulate);
+    for (; r + kMR <= rows; r += kMR) mk_rows<kMR>(a + r * lda, lda, bp, ldb, K, cp + r * ldc, ldc, nvalid, nullptr, accumulate);
     switch (rows - r) {
-      case 5: mk_any<5>(a + r * lda, lda, bp, ldb, K, cp + r * ldc, ldc, nvalid, accumulate); break;
-      case 4: mk_any<4>(a + r * lda, lda, bp, ldb, K, cp + r * ldc, ldc, nvalid, accumulate); break;
-      case 3: mk_any<3>(a + r * lda, lda, bp, ldb, K, cp + r * ldc, ldc, nvalid, accumulate); break;
-      case 2: mk_any<2>(a + r * lda, lda, bp, ldb, K, cp + r * ldc, ldc, nvalid, accumulate); break;
-      case 1: mk_any<1>(a + r * lda, lda, bp, ldb, K, cp + r * ldc, ldc, nvalid, accumulate); break;
+      case 5: mk_rows<5>(a + r * lda, lda, bp, ldb, K, cp + r * ldc, ldc, nvalid, nullptr, accumulate); break;
+      case 4: mk_rows<4>(a + r * lda, lda, bp, ldb, K, cp + r * ldc, ldc, nvalid, nullptr, accumulate); break;
+      case 3: mk_rows<3>(a + r * lda, lda, bp, ldb, K, cp + r * ldc, ldc, nvalid, nullptr, accumulate); break;
+      case 2: mk_rows<2>(a + r * lda, lda, bp, ldb, K, cp + r * ldc, ldc, nvalid, nullptr, accumulate); break;
+      case 1: mk_rows<1>(a + r * lda, lda, bp, ldb, K, cp + r * ldc, ldc, nvalid, nullptr, accumulate); break;
       default: break;
     }
   }
@@ -297,7 +280,7 @@ void gemm_f32_rows(const GemmArgs& g, int64_t m, int64_t p0, int64_t p1) {
     const float* panel = w + p * g.K * kPanel;
     const float* bias = g.bias ? g.bias + p * kPanel : nullptr;
     float* c = g.out + m * g.ldo + p * kPanel;
-    mk_f32<MR>(g.x + m * g.ldx, g.ldx, panel, kPanel, g.K, c, g.ldo, nvalid, bias, g.accumulate);
+    mk_rows<MR>(g.x + m * g.ldx, g.ldx, panel, kPanel, g.K, c, g.ldo, nvalid, bias, g.accumulate);
   }
 }
 
