@@ -20,13 +20,15 @@ import argparse
 import http.client
 import json
 import math
+import os
 import random
 import re
 import signal
-import subprocess
 import sys
-import threading
 import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from hyco_server import connect_or_start  # noqa: E402
 
 
 def post(host, port, path, body):
@@ -141,29 +143,7 @@ def main():
     ap.add_argument("--json")
     args, extra = ap.parse_known_args()
     extra = [a for a in extra if a != "--"]
-    proc = None
-    if args.url:
-        m = re.match(r"http://([^:/]+):(\d+)", args.url)
-        host, port = m.group(1), int(m.group(2))
-    else:
-        cmd = [args.binary, "serve", "--port", "0"] + (["-m", args.model] if args.model else []) + extra
-        proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
-        host, port = "127.0.0.1", None
-        for line in proc.stderr:
-            m = re.search(r"listening on http://[^:]+:(\d+)", line)
-            if m:
-                port = int(m.group(1))
-                break
-        threading.Thread(target=lambda: [None for _ in proc.stderr], daemon=True).start()
-        for _ in range(600):
-            try:
-                c = http.client.HTTPConnection(host, port, timeout=5)
-                c.request("GET", "/health")
-                if c.getresponse().status == 200:
-                    break
-            except OSError:
-                pass
-            time.sleep(0.1)
+    proc, host, port = connect_or_start(args.url, args.binary, args.model, extra)
     try:
         docs = load_docs(args.test, 0)
         t0 = time.time()

@@ -28,6 +28,9 @@ import sys
 import threading
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from hyco_server import connect_or_start  # noqa: E402
+
 PREFIXES = [
     "fn main() {\n    let ", "impl Point {\n    pub fn ", "use std::collections::", "pub struct ",
     "#[derive(Debug)]\nenum ", "let counts = word_counts(", "for i in 0..", "match self {\n",
@@ -153,30 +156,8 @@ def main():
     args, server_args = ap.parse_known_args()
     server_args = [a for a in server_args if a != "--"]
 
-    proc = None
-    if args.url:
-        m = re.match(r"http://([^:/]+):(\d+)", args.url)
-        host, port = m.group(1), int(m.group(2))
-        pid = None
-    else:
-        cmd = [args.binary, "serve", "--port", "0"] + (["-m", args.model] if args.model else [])
-        cmd += server_args
-        proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
-        host, port = "127.0.0.1", None
-        for line in proc.stderr:
-            m = re.search(r"listening on http://[^:]+:(\d+)", line)
-            if m:
-                port = int(m.group(1))
-                break
-        threading.Thread(target=lambda: [None for _ in proc.stderr], daemon=True).start()
-        pid = proc.pid
-    for _ in range(600):
-        try:
-            if get(host, port, "/health")[0] == 200:
-                break
-        except OSError:
-            pass
-        time.sleep(0.1)
+    proc, host, port = connect_or_start(args.url, args.binary, args.model, server_args)
+    pid = proc.pid if proc else None
 
     stats = Stats()
     routes = ["/v1/completions", "/infill", "/completion", "/api/generate"]
