@@ -101,9 +101,7 @@ std::shared_ptr<RequestHandle> Scheduler::submit(CompletionRequest req) {
   if (!(req.stop.t_max_predict_ms >= 0)) throw InvalidArgument("t_max_predict_ms must not be negative");
   // What the whole KV pool could never hold is refused now rather than queued (admission
   // reserves the same amount).
-  const int32_t n_prompt = int32_t(req.prompt.size());
-  const int32_t max_new = req.stop.max_tokens < 0 ? kv_.n_ctx() - n_prompt : req.stop.max_tokens;
-  const int32_t need = std::min(kv_.n_ctx(), n_prompt + max_new);
+  const int32_t need = kv_need(req);
   if (kv_.blocks_for(need) > kv_.n_total_blocks())
     throw ResourceExhausted("the request needs " + std::to_string(kv_.blocks_for(need)) + " KV blocks but the pool has " +
                             std::to_string(kv_.n_total_blocks()) + " (raise --kv-memory or lower max tokens)");
@@ -208,12 +206,17 @@ void Scheduler::drop_cancelled() {
   }
 }
 
+int32_t Scheduler::kv_need(const CompletionRequest& req) const {
+  const int32_t n_prompt = int32_t(req.prompt.size());
+  const int32_t max_new = req.stop.max_tokens < 0 ? kv_.n_ctx() - n_prompt : req.stop.max_tokens;
+  return std::min(kv_.n_ctx(), n_prompt + max_new);
+}
+
 void Scheduler::admit() {
   while (!waiting_.empty() && int32_t(running_.size()) < cfg_.parallel) {
     Waiting& w = waiting_.front();
     const int32_t n_prompt = int32_t(w.req.prompt.size());
-    const int32_t max_new = w.req.stop.max_tokens < 0 ? kv_.n_ctx() - n_prompt : w.req.stop.max_tokens;
-    const int32_t need = std::min(kv_.n_ctx(), n_prompt + max_new);
+    const int32_t need = kv_need(w.req);
 
     std::optional<PrefixCache::Hit> hit;
     if (w.req.cache_prompt && !w.req.prompt_logprobs) hit = prefix_.take(w.req.prompt);

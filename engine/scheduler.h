@@ -79,6 +79,8 @@ class Scheduler {
   bool step();
 
  private:
+  // Positions of KV a request reserves on admission: its prompt and all it may generate.
+  int32_t kv_need(const CompletionRequest& req) const;
   struct Active;
   void loop();
   void take_inbox();
