@@ -61,6 +61,28 @@ inline float fast_exp(float x) {
   return p * s;
 }
 
+#if defined(__AVX512F__)
+// fast_exp on 16 lanes: the same steps, each rounded the same way (fused where the scalar form
+// is contracted to an FMA).
+inline __m512 fast_exp(__m512 x) {
+  x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-87.0f)), _mm512_set1_ps(88.0f));
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693145751953125f), x);
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.42860682030941723212e-6f), r);
+  __m512 p = _mm512_set1_ps(1.0f / 5040.0f);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 720.0f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 120.0f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 24.0f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 6.0f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+  const __m512i e = _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127)), 23);
+  return _mm512_mul_ps(p, _mm512_castsi512_ps(e));
+}
+#endif
+
 // ---- GEMM micro-kernels ------------------------------------------------------------------------
 // c[MR rows, kPanel cols] (+)= a[MR, K] · panel; nvalid ≤ kPanel columns are stored.
 
@@ -342,6 +364,72 @@ void gemm_bf16(const GemmArgs& g, int64_t p0, int64_t p1, int64_t m0, int64_t m1
 
 // ---- attention -----------------------------------------------------------------------------------
 
+// One row of an online softmax over a tile of kKeyTile scores (keys jb + jj): scores of keys
+// outside [klo, khi) are masked; the rest become weights exp(score - m) with m the running max
+// (updated), and their sum is added to the running sum l after rescaling it. Returns the factor
+// the row's accumulated output must be rescaled by. Max and sum run in 16 lanes in a fixed order
+// (lane i takes keys i, i + 16, ...), so a row is reduced the same way alone or in a batch.
+inline float softmax_tile_row(float* sr, int32_t jb, int32_t klo, int32_t khi, float& m, float& l) {
+  static_assert(kKeyTile % 16 == 0, "tiles are whole 16-lane groups");
+  float lane[16];
+#if defined(__AVX512F__)
+  const __m512i idx = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+  const __m512 ninf = _mm512_set1_ps(-INFINITY);
+  __m512 mv = ninf;
+  for (int j16 = 0; j16 < kKeyTile; j16 += 16) {
+    const __m512i j = _mm512_add_epi32(_mm512_set1_epi32(jb + j16), idx);
+    const __mmask16 ok = _mm512_cmpge_epi32_mask(j, _mm512_set1_epi32(klo)) & _mm512_cmplt_epi32_mask(j, _mm512_set1_epi32(khi));
+    const __m512 v = _mm512_mask_loadu_ps(ninf, ok, sr + j16);
+    _mm512_storeu_ps(sr + j16, v);
+    mv = _mm512_max_ps(v, mv);  // v > lane ? v : lane
+  }
+  _mm512_storeu_ps(lane, mv);
+#else
+  for (int i = 0; i < 16; ++i) lane[i] = -INFINITY;
+  for (int j16 = 0; j16 < kKeyTile; j16 += 16)
+    for (int i = 0; i < 16; ++i) {
+      const int32_t j = jb + j16 + i;
+      const float v = j >= klo && j < khi ? sr[j16 + i] : -INFINITY;
+      sr[j16 + i] = v;
+      lane[i] = v > lane[i] ? v : lane[i];
+    }
+#endif
+  float mx = -INFINITY;
+  for (int i = 0; i < 16; ++i) mx = lane[i] > mx ? lane[i] : mx;
+  if (mx == -INFINITY) {
+    for (int jj = 0; jj < kKeyTile; ++jj) sr[jj] = 0.0f;
+    return 1.0f;
+  }
+  const float m_new = m > mx ? m : mx;
+  const float corr = m == -INFINITY ? 0.0f : fast_exp(m - m_new);
+#if defined(__AVX512F__)
+  __m512 sv = _mm512_setzero_ps();
+  const __m512 mn = _mm512_set1_ps(m_new);
+  for (int j16 = 0; j16 < kKeyTile; j16 += 16) {
+    const __m512 v = _mm512_loadu_ps(sr + j16);
+    const __mmask16 live = _mm512_cmp_ps_mask(v, ninf, _CMP_NEQ_UQ);
+    const __m512 e = _mm512_maskz_mov_ps(live, fast_exp(_mm512_sub_ps(v, mn)));
+    _mm512_storeu_ps(sr + j16, e);
+    sv = _mm512_add_ps(sv, e);
+  }
+  _mm512_storeu_ps(lane, sv);
+#else
+  for (int i = 0; i < 16; ++i) lane[i] = 0.0f;
+  for (int j16 = 0; j16 < kKeyTile; j16 += 16)
+    for (int i = 0; i < 16; ++i) {
+      const float v = sr[j16 + i];
+      const float e = v == -INFINITY ? 0.0f : fast_exp(v - m_new);
+      sr[j16 + i] = e;
+      lane[i] += e;
+    }
+#endif
+  float sum = 0.0f;
+  for (int i = 0; i < 16; ++i) sum += lane[i];
+  l = l * corr + sum;
+  m = m_new;
+  return corr;
+}
+
 struct AttnCtx {
   const AttentionParams* p;
   const SeqSpan* sp;
@@ -375,6 +463,53 @@ inline void load_kv(const AttnCtx& c, int32_t j, int which, float* dst, int64_t 
     const int64_t o = slot * kvw + e0;
     for (int d = 0; d < hd; ++d)
       dst[d * stride] = bf16 ? bf16f(static_cast<const uint16_t*>(p.v_cache)[o + d]) : static_cast<const float*>(p.v_cache)[o + d];
+  }
+}
+
+// Tile scratch for keys [a, b) of a group (columns a..b-1): KT[hd][kKeyTile] and V[kKeyTile][hdp]
+// get the cached keys and values of kv head g widened to f32, every other column zero. `base` is
+// the group's first slot (unused when a == b).
+inline void copy_kv_run(const AttentionParams& p, int64_t base, int g, int a, int b, float* KT, float* V, int64_t hdp) {
+  const int hd = p.head_dim;
+  const int64_t kvw = int64_t(p.n_kv_heads) * hd;
+  const bool bf16 = p.kv_dtype == DType::BF16;
+  for (int d = 0; d < hd; ++d) {
+    float* dst = KT + int64_t(d) * kKeyTile;
+    const int64_t o = a < b ? k_offset(base, int64_t(g) * hd + d, kvw) : 0;
+#if defined(__AVX512F__)
+    for (int c = 0; c < kKeyTile; c += 16) {
+      const int n0 = a > c ? a - c : 0, n1 = b - c < 16 ? (b - c > 0 ? b - c : 0) : 16;
+      const __mmask16 m = n1 > n0 ? __mmask16(((1u << n1) - 1) & ~((1u << n0) - 1)) : __mmask16(0);
+      __m512 x;
+      if (bf16) {
+        const __m256i h = _mm256_maskz_loadu_epi16(m, static_cast<const uint16_t*>(p.k_cache) + o + c);
+        x = _mm512_castsi512_ps(_mm512_maskz_slli_epi32(m, _mm512_maskz_cvtepu16_epi32(m, h), 16));
+      } else {
+        x = _mm512_maskz_loadu_ps(m, static_cast<const float*>(p.k_cache) + o + c);
+      }
+      _mm512_storeu_ps(dst + c, x);
+    }
+#else
+    for (int c = 0; c < kKeyTile; ++c)
+      dst[c] = c < a || c >= b ? 0.0f
+               : bf16         ? bf16f(static_cast<const uint16_t*>(p.k_cache)[o + c])
+                              : static_cast<const float*>(p.k_cache)[o + c];
+#endif
+  }
+  for (int c = 0; c < kKeyTile; ++c) {
+    float* dst = V + c * hdp;
+    if (c < a || c >= b) {
+      for (int d = 0; d < hd; ++d) dst[d] = 0.0f;
+      continue;
+    }
+    const int64_t o = (base + c) * kvw + int64_t(g) * hd;
+    if (bf16) {
+      const uint16_t* src = static_cast<const uint16_t*>(p.v_cache) + o;
+      for (int d = 0; d < hd; ++d) dst[d] = bf16f(src[d]);
+    } else {
+      const float* src = static_cast<const float*>(p.v_cache) + o;
+      for (int d = 0; d < hd; ++d) dst[d] = src[d];
+    }
   }
 }
 
@@ -447,15 +582,23 @@ void attention_task(const AttentionParams& p, const AttnTask& task, float* scrat
         }
       }
       if (!direct) {
-        for (int jj = 0; jj < kKeyTile; ++jj) {
-          const int32_t j = jb + jj;
-          if (j >= lo && j < hi) {
-            load_kv(ctx, j, 0, KT + jj, kKeyTile);
-            load_kv(ctx, j, 1, V + jj * hdp, 1);
-          } else {
-            for (int d = 0; d < hd; ++d) KT[d * kKeyTile + jj] = 0.0f;
-            for (int d = 0; d < hd; ++d) V[jj * hdp + d] = 0.0f;
+        // Cached keys of the tile (before pos0) on consecutive slots of one group — the tile
+        // that ends at a decoded token — are widened as one run; the step's own keys, and
+        // cached keys of odd layouts, are gathered one by one. Columns of no key are zero.
+        int32_t run_lo = lo, run_hi = lo;
+        const int32_t c_hi = int32_t(imin(hi, sp.pos0));
+        if (lo < c_hi) {
+          const int64_t s_lo = kv_slot(p.layout, sp, table, lo);
+          const int64_t base = s_lo - (lo - jb);
+          if (base % kKeyTile == 0 && kv_slot(p.layout, sp, table, c_hi - 1) == s_lo + (c_hi - 1 - lo)) {
+            run_hi = c_hi;
+            copy_kv_run(p, base, task.g, lo - jb, c_hi - jb, KT, V, hdp);
           }
+        }
+        if (run_lo == run_hi) copy_kv_run(p, -1, task.g, 0, 0, KT, V, hdp);  // all columns zero
+        for (int32_t j = run_hi > lo ? run_hi : lo; j < hi; ++j) {
+          load_kv(ctx, j, 0, KT + (j - jb), kKeyTile);
+          load_kv(ctx, j, 1, V + (j - jb) * hdp, 1);
         }
       }
       if (kt16)
@@ -464,43 +607,15 @@ void attention_task(const AttentionParams& p, const AttnTask& task, float* scrat
         tile_gemm(rows, Q, hd, kt, ldk, hd, kKeyTile, Sc, kKeyTile, false);
       // Online softmax: mask, rescale what was accumulated, turn scores into weights.
       for (int r = 0; r < rows; ++r) {
-        float* sr = Sc + r * kKeyTile;
         const int32_t pr = rpos[r];
-        // Max and sum in 16 lanes (a fixed order, so the loops vectorise and every row of a batch
-        // is reduced the same way).
-        float lane[16];
-        for (int i = 0; i < 16; ++i) lane[i] = -INFINITY;
-        for (int j16 = 0; j16 < kKeyTile; j16 += 16)
-          for (int i = 0; i < 16; ++i) {
-            const int jj = j16 + i;
-            const int32_t j = jb + jj;
-            const bool ok = j >= lo && j < hi && j <= pr && (sinks || !local || j > pr - W);
-            const float v = ok ? sr[jj] : -INFINITY;
-            sr[jj] = v;
-            lane[i] = v > lane[i] ? v : lane[i];
-          }
-        float mx = -INFINITY;
-        for (int i = 0; i < 16; ++i) mx = lane[i] > mx ? lane[i] : mx;
-        if (mx == -INFINITY) {
-          for (int jj = 0; jj < kKeyTile; ++jj) sr[jj] = 0.0f;
-          continue;
+        // Keys [klo, khi) of this tile are visible to the row: in range, causal, in the window.
+        const int32_t klo = (sinks || !local) ? lo : int32_t(imax(lo, int64_t(pr) - W + 1));
+        const int32_t khi = int32_t(imin(hi, int64_t(pr) + 1));
+        const float corr = softmax_tile_row(Sc + r * kKeyTile, jb, klo, khi, Mx[r], Ls[r]);
+        if (corr != 1.0f) {
+          float* orow = O + r * hdp;
+          for (int d = 0; d < hd; ++d) orow[d] *= corr;
         }
-        const float m_new = Mx[r] > mx ? Mx[r] : mx;
-        const float corr = Mx[r] == -INFINITY ? 0.0f : fast_exp(Mx[r] - m_new);
-        for (int i = 0; i < 16; ++i) lane[i] = 0.0f;
-        for (int j16 = 0; j16 < kKeyTile; j16 += 16)
-          for (int i = 0; i < 16; ++i) {
-            const int jj = j16 + i;
-            const float e = sr[jj] == -INFINITY ? 0.0f : fast_exp(sr[jj] - m_new);
-            sr[jj] = e;
-            lane[i] += e;
-          }
-        float sum = 0.0f;
-        for (int i = 0; i < 16; ++i) sum += lane[i];
-        Ls[r] = Ls[r] * corr + sum;
-        Mx[r] = m_new;
-        float* orow = O + r * hdp;
-        for (int d = 0; d < hd; ++d) orow[d] *= corr;
       }
       if (vt16)
         tile_gemm(rows, Sc, kKeyTile, vt16, ldv, kKeyTile, hd, O, hdp, true);
