@@ -31,9 +31,37 @@ Sampler::Sampler(const SamplingParams& p, int32_t n_vocab) : p_(p), n_vocab_(n_v
 
 double Sampler::uniform() { return double(rng_() >> 11) * 0x1.0p-53; }
 
-void Sampler::apply_penalties(std::span<float> logits, std::span<const int32_t> history) {
+bool Sampler::changes_logits() const {
   const bool any = p_.repeat_penalty != 1.0f || p_.presence_penalty != 0.0f || p_.frequency_penalty != 0.0f;
-  if (!any || p_.penalty_last_n == 0 || history.empty()) return;
+  return any && p_.penalty_last_n != 0;
+}
+
+int32_t Sampler::argmax(std::span<const float> v) {
+  // Two passes: the largest value, kept in 16 lanes so that the compiler can unroll and pipeline
+  // the comparisons (`x > m ? x : m` skips NaNs); then the first block of 16 that holds it.
+  constexpr size_t L = 16;
+  const size_t n = v.size(), whole = n / L * L;
+  float lane[L];
+  for (size_t i = 0; i < L; ++i) lane[i] = -INFINITY;
+  for (size_t j = 0; j < whole; j += L)
+    for (size_t i = 0; i < L; ++i) lane[i] = v[j + i] > lane[i] ? v[j + i] : lane[i];
+  float m = -INFINITY;
+  for (size_t i = 0; i < L; ++i) m = lane[i] > m ? lane[i] : m;
+  for (size_t j = whole; j < n; ++j) m = v[j] > m ? v[j] : m;
+  for (size_t j = 0; j < whole; j += L) {
+    int hit = 0;
+    for (size_t i = 0; i < L; ++i) hit |= v[j + i] == m;
+    if (hit)
+      for (size_t i = 0; i < L; ++i)
+        if (v[j + i] == m) return int32_t(j + i);
+  }
+  for (size_t j = whole; j < n; ++j)
+    if (v[j] == m) return int32_t(j);
+  return -1;  // empty, or all NaN
+}
+
+void Sampler::apply_penalties(std::span<float> logits, std::span<const int32_t> history) {
+  if (!changes_logits() || history.empty()) return;
   size_t n = p_.penalty_last_n < 0 ? history.size() : std::min(history.size(), size_t(p_.penalty_last_n));
   auto window = history.subspan(history.size() - n);
   counts_.assign(size_t(n_vocab_), 0);
@@ -52,7 +80,8 @@ int32_t Sampler::sample(std::span<float> logits, std::span<const int32_t> histor
   HYCO_ASSERT(int32_t(logits.size()) == n_vocab_);
   apply_penalties(logits, history);
   if (p_.temperature <= 0.0f) {
-    return int32_t(std::max_element(logits.begin(), logits.end()) - logits.begin());  // first max on ties
+    const int32_t best = argmax(logits);
+    return best < 0 ? 0 : best;
   }
   // Candidates, most likely first. Stable tie order (lower id first) keeps runs reproducible.
   auto by_logit = [&](int32_t a, int32_t b) { return logits[a] > logits[b] || (logits[a] == logits[b] && a < b); };

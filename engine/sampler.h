@@ -37,6 +37,11 @@ class Sampler {
   // Draws the next token from `logits` (modified: penalties applied). `history`: the tokens so far.
   int32_t sample(std::span<float> logits, std::span<const int32_t> history);
   const SamplingParams& params() const { return p_; }
+  // Whether sample() changes the logits it is given (penalties are on).
+  bool changes_logits() const;
+
+  // Index of the largest value, the first on ties; NaNs are never picked (-1 when all are NaN).
+  static int32_t argmax(std::span<const float> v);
 
   // log-softmax of `logits`: the chosen token's value, and the n largest (id ascending on ties).
   static float logprob_of(std::span<const float> logits, int32_t id);

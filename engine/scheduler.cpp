@@ -332,7 +332,7 @@ bool Scheduler::run_batch() {
     if (!sp.logits_last) continue;
     if (a.n_computed == a.n_prompt && a.n_generated == 0) a.t_prompt_done = now;
     try {
-      sample_and_emit(a, std::span<const float>(logits_.data() + row * V, V));
+      sample_and_emit(a, std::span<float>(logits_.data() + row * V, V));
     } catch (const std::exception& e) {  // one request's failure must not end the loop
       finish(a, FinishReason::Error, "none", {}, e.what());
     }
@@ -344,22 +344,27 @@ bool Scheduler::run_batch() {
   return true;
 }
 
-void Scheduler::sample_and_emit(Active& a, std::span<const float> row) {
+void Scheduler::sample_and_emit(Active& a, std::span<float> row) {
   const StopConditions& st = a.req.stop;
   if (st.max_tokens == 0) {  // only fill the cache (plugins warm up this way)
     finish(a, FinishReason::Length, "limit");
     return;
   }
-  std::vector<float> masked(row.begin(), row.end());
-  // A model's vocabulary may be padded past its tokenizer's (Qwen2.5): never pick those ids.
-  if (tok_ && tok_->n_vocab() < int32_t(masked.size()))
-    std::fill(masked.begin() + tok_->n_vocab(), masked.end(), -INFINITY);
-  std::vector<float> logits = masked;
+  // `row` is this step's scratch. A model's vocabulary may be padded past its tokenizer's
+  // (Qwen2.5): never pick those ids.
+  if (tok_ && tok_->n_vocab() < int32_t(row.size())) std::fill(row.begin() + tok_->n_vocab(), row.end(), -INFINITY);
   TokenOut out;
-  if (a.req.sampling.n_probs > 0) out.top = Sampler::top_logprobs(masked, a.req.sampling.n_probs);
-  const int32_t tok = a.sampler.sample(logits, a.tokens);  // penalties modify `logits`, not `masked`
+  const bool want_logprob = a.req.logprobs || a.req.sampling.n_probs > 0;
+  if (a.req.sampling.n_probs > 0) out.top = Sampler::top_logprobs(row, a.req.sampling.n_probs);
+  // Log-probabilities describe the model's distribution: keep a copy when penalties change the row.
+  std::span<const float> model_row = row;
+  if (want_logprob && a.sampler.changes_logits()) {
+    unpenalised_.assign(row.begin(), row.end());
+    model_row = unpenalised_;
+  }
+  const int32_t tok = a.sampler.sample(row, a.tokens);
   out.id = tok;
-  if (a.req.logprobs || a.req.sampling.n_probs > 0) out.logprob = Sampler::logprob_of(masked, tok);
+  if (want_logprob) out.logprob = Sampler::logprob_of(model_row, tok);
   const auto now = Clock::now();
   if (a.n_generated == 0) a.t_first = now;
   if (std::find(st.stop_ids.begin(), st.stop_ids.end(), tok) != st.stop_ids.end()) {

@@ -87,7 +87,7 @@ class Scheduler {
   void drop_cancelled();
   void admit();
   bool run_batch();
-  void sample_and_emit(Active& a, std::span<const float> logits);
+  void sample_and_emit(Active& a, std::span<float> row);  // row: this step's scratch, may be changed
   void finish(Active& a, FinishReason reason, const std::string& stop_type, const std::string& word = {},
               const std::string& error = {});
   void release(Active& a);
@@ -113,6 +113,7 @@ class Scheduler {
   Batch batch_;
   std::vector<Active*> batch_owner_;
   std::vector<float> logits_;
+  std::vector<float> unpenalised_;  // a row before penalties, for log-probabilities
 
   // Shared with submitters.
   mutable std::mutex mu_;

@@ -272,6 +272,32 @@ TEST_CASE("penalties change the logits as sampler.h states, over the last penalt
   }
 }
 
+TEST_CASE("argmax finds the first largest value like a plain scan", "[sampler]") {
+  // Plain scan: the first index of the largest non-NaN value.
+  auto scan = [](const std::vector<float>& v) {
+    int32_t r = -1;
+    for (size_t i = 0; i < v.size(); ++i)
+      if (!std::isnan(v[i]) && (r < 0 || v[i] > v[size_t(r)])) r = int32_t(i);
+    return r;
+  };
+  std::mt19937 rng(7);
+  for (size_t n : {1u, 2u, 15u, 16u, 17u, 31u, 33u, 100u, 16384u, 32003u}) {
+    for (int trial = 0; trial < 20; ++trial) {
+      std::vector<float> v(n);
+      // Few distinct values, so ties across lanes and blocks are common.
+      std::uniform_int_distribution<int> level(0, trial % 2 ? 3 : 1000);
+      for (float& x : v) x = float(level(rng));
+      if (trial % 5 == 1) v[rng() % n] = NAN;
+      if (trial % 5 == 2) v[0] = -INFINITY;
+      INFO("n " << n << " trial " << trial);
+      CHECK(Sampler::argmax(v) == scan(v));
+    }
+  }
+  CHECK(Sampler::argmax(std::vector<float>(40, -INFINITY)) == 0);
+  CHECK(Sampler::argmax(std::vector<float>(40, NAN)) == -1);
+  CHECK(Sampler::argmax(std::vector<float>{}) == -1);
+}
+
 TEST_CASE("invalid sampling parameters are rejected naming the field", "[sampler]") {
   const int32_t V = 32000;
   CHECK_NOTHROW(validate_sampling(SamplingParams{}, V));

@@ -1,6 +1,7 @@
 // The scheduler as a pure component: a fake model (next token = last token + 1) records every
 // batch, and the tests drive the loop step by step — ordering, chunking, fairness, admission
 // against KV memory, queue limits, cancellation at every point, prefix reuse, stops.
+#include <cmath>
 #include <memory>
 #include <thread>
 
@@ -316,6 +317,32 @@ TEST_CASE("generation ends at max tokens, at a stop id, and max_tokens 0 only fi
   while (r.sched->step()) {
   }
   CHECK(drain(*h).finish->n_cached == 20);
+}
+
+TEST_CASE("penalties steer the choice; log-probabilities stay the model's", "[scheduler]") {
+  SchedulerConfig sc;
+  Rig r(sc);
+  const int32_t V = r.cfg.n_vocab;
+  CompletionRequest req;
+  req.prompt = {3, 2};  // the fake puts logit 10 on 3, which the prompt already holds
+  req.stop.max_tokens = 1;
+  req.logprobs = true;
+  req.sampling.n_probs = 2;
+  req.sampling.presence_penalty = 20.0f;  // 3 drops to -10: greedy takes id 0, the first of the zeros
+  auto h = r.sched->submit(req);
+  while (r.sched->step()) {
+  }
+  std::vector<TokenOut> toks;
+  while (auto e = h->next(std::chrono::milliseconds(0)))
+    if (auto* c = std::get_if<Chunk>(&*e)) toks.insert(toks.end(), c->tokens.begin(), c->tokens.end());
+  REQUIRE(toks.size() == 1);
+  CHECK(toks[0].id == 0);
+  // Under the model's logits (10 on id 3, 0 elsewhere), not the penalised ones.
+  const double z = std::exp(10.0) + (V - 1);
+  CHECK(std::fabs(toks[0].logprob - float(-std::log(z))) < 1e-4f);
+  REQUIRE(toks[0].top.size() == 2);
+  CHECK(toks[0].top[0].id == 3);
+  CHECK(std::fabs(toks[0].top[0].logprob - float(10.0 - std::log(z))) < 1e-4f);
 }
 
 TEST_CASE("invalid requests are refused at submission", "[scheduler]") {
