@@ -170,6 +170,9 @@ struct Models {
                                             "\xE2\x96\x81<MID>,\xE2\x96\x81<EOT>"},
                         {"add_dummy_prefix", "true"}});
     train("hyco+qwen", {{"control_symbols", qwen_fim + "," + hyco_fim}});
+    // Other algorithms and normalisers, for incremental encoding (Tokenizer::split_point).
+    train("unigram", {{"model_type", "unigram"}});
+    train("nfkc", {{"normalization_rule_name", "nmt_nfkc"}});
   }
   ~Models() {
     std::error_code ec;

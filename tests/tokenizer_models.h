@@ -14,7 +14,8 @@
 namespace hyco::test {
 
 // Models: "hyco", "plain" (no FIM pieces), "nobytes" (no byte fallback), "qwen", "starcoder"
-// (markers as user-defined pieces), "codellama" (dummy prefix on), "hyco+qwen" (both sets).
+// (markers as user-defined pieces), "codellama" (dummy prefix on), "hyco+qwen" (both sets),
+// "unigram" (that algorithm), "nfkc" (an NFKC normaliser).
 const std::filesystem::path& models_dir();
 const std::string& model_path(const std::string& name);
 const Tokenizer& tokenizer(const std::string& name);

@@ -200,6 +200,62 @@ TEST_CASE("streamed deltas equal batch decode for random token sequences") {
   }
 }
 
+TEST_CASE("incremental encoding gives exactly the ids of a fresh encoding") {
+  // An editing session over real source files: the cursor moves on (the file's next characters
+  // are typed), backspaces, odd text is pasted anywhere, a character in the middle changes, and
+  // another file is encoded in between. Every text encodes to what encode_uncached gives.
+  auto read = [](const std::string& rel) {
+    std::ifstream in(fs::path(HYCO_SOURCE_DIR) / rel, std::ios::binary);
+    return std::string(std::istreambuf_iterator<char>(in), {});
+  };
+  const std::string src = read("engine/scheduler.cpp"), other = read("tokenizer/tokenizer.cpp");
+  REQUIRE(src.size() > 8000);
+  REQUIRE(other.size() > 4000);
+  const auto shipped = Tokenizer::load((fs::path(HYCO_SOURCE_DIR) / "models/hyco-rust/tokenizer.model").string());
+  const std::vector<std::string> pastes = {kEmoji, kMarker, "\xFF", "\xE2\x96", "\r\n", "    ", "<fim-prefix>",
+                                           "<fim_suffix>", "caf\xC3\xA9", "\t}\n\n", "1234567", "\xEF\xBC\xA1"};
+  struct Case {
+    std::string name;
+    const Tokenizer* tok;
+    bool reuses;  // BPE, byte fallback, no normaliser mapping: split points are exact
+  };
+  const std::vector<Case> cases = {{"shipped", shipped.get(), true},           {"hyco", &tokenizer("hyco"), true},
+                                   {"unigram", &tokenizer("unigram"), false},   {"starcoder", &tokenizer("starcoder"), true},
+                                   {"codellama", &tokenizer("codellama"), true}, {"nfkc", &tokenizer("nfkc"), false},
+                                   {"nobytes", &tokenizer("nobytes"), false}};
+  for (const Case& c : cases) {
+    const Tokenizer& tok = *c.tok;
+    std::mt19937 rng(11);
+    std::string text = src.substr(0, 3000);
+    size_t cursor = 3000;
+    const uint64_t reused_before = tok.reused_ids();
+    for (int step = 0; step < 300; ++step) {
+      const unsigned action = rng() % 10;
+      if (action < 6 && cursor + 10 < src.size()) {  // typing on
+        const size_t k = 1 + rng() % 8;
+        text += src.substr(cursor, k);
+        cursor += k;
+      } else if (action == 6) {  // backspace
+        text.erase(text.size() - std::min<size_t>(text.size() - 300, 1 + rng() % 20));
+      } else if (action == 7) {  // paste odd text anywhere
+        text.insert(rng() % text.size(), pastes[rng() % pastes.size()]);
+      } else if (action == 8) {  // another file, a random start of it
+        const std::string o = other.substr(0, 300 + rng() % (other.size() - 300));
+        CHECK(tok.encode(o) == tok.encode_uncached(o));
+      } else {  // a character in the middle changes
+        text[rng() % text.size()] = "x {;\n"[rng() % 5];
+      }
+      INFO(c.name << " step " << step);
+      CHECK(tok.encode(text) == tok.encode_uncached(text));
+    }
+    INFO(c.name);
+    if (c.reuses)
+      CHECK(tok.reused_ids() > reused_before + 100000);  // most of each text came from the cache
+    else
+      CHECK(tok.reused_ids() == 0);
+  }
+}
+
 TEST_CASE("a missing or corrupt tokenizer file is a TokenizerError naming the file") {
   const fs::path dir = models_dir();
   auto expect_error = [](const std::string& path) {

@@ -1,5 +1,6 @@
 // Protobuf wire-format walk over sentencepiece's ModelProto (field numbers from
-// sentencepiece_model.proto: ModelProto.normalizer_spec = 3; NormalizerSpec.add_dummy_prefix = 3,
+// sentencepiece_model.proto: ModelProto.trainer_spec = 2, normalizer_spec = 3;
+// TrainerSpec.model_type = 3; NormalizerSpec.precompiled_charsmap = 2, add_dummy_prefix = 3,
 // remove_extra_whitespaces = 4). Validates framing only; semantics are left to sentencepiece.
 #include "tokenizer/spm_model_proto.h"
 
@@ -9,7 +10,10 @@
 namespace hyco {
 namespace {
 
+constexpr uint32_t kModelTrainerSpec = 2;
 constexpr uint32_t kModelNormalizerSpec = 3;
+constexpr uint32_t kTrainerModelType = 3;
+constexpr uint32_t kNormPrecompiledCharsmap = 2;
 constexpr uint32_t kNormAddDummyPrefix = 3;
 constexpr uint32_t kNormRemoveExtraWhitespaces = 4;
 
@@ -72,24 +76,37 @@ void append_varint(std::string& out, uint64_t v) {
 
 // NOTE: protobuf merges repeated occurrences of an embedded message field, which is the same as
 // parsing their payloads concatenated; scalars take the last occurrence.
-std::string merged_normalizer_spec(const std::vector<Field>& model_fields) {
+std::string merged_message(const std::vector<Field>& model_fields, uint32_t number, const char* name) {
   std::string spec;
   for (const Field& f : model_fields) {
-    if (f.number == kModelNormalizerSpec) {
-      if (f.wire_type != 2) throw SpmModelProtoError("normalizer_spec is not a message");
+    if (f.number == number) {
+      if (f.wire_type != 2) throw SpmModelProtoError(std::string(name) + " is not a message");
       spec.append(f.bytes);
     }
   }
   return spec;
 }
 
+std::string merged_normalizer_spec(const std::vector<Field>& model_fields) {
+  return merged_message(model_fields, kModelNormalizerSpec, "normalizer_spec");
+}
+
 }  // namespace
+
+bool is_bpe_model(std::string_view serialized) {
+  const std::string spec = merged_message(parse_fields(serialized), kModelTrainerSpec, "trainer_spec");
+  uint64_t type = 1;  // UNIGRAM, the protobuf default
+  for (const Field& f : parse_fields(spec))
+    if (f.number == kTrainerModelType && f.wire_type == 0) type = f.varint;
+  return type == 2;  // BPE
+}
 
 SpmNormalizerFlags read_normalizer_flags(std::string_view serialized) {
   const std::vector<Field> fields = parse_fields(serialized);
   const std::string spec = merged_normalizer_spec(fields);
   SpmNormalizerFlags flags;
   for (const Field& f : parse_fields(spec)) {
+    if (f.number == kNormPrecompiledCharsmap && f.wire_type == 2) flags.has_charsmap = !f.bytes.empty();
     if (f.wire_type != 0) continue;
     if (f.number == kNormAddDummyPrefix) flags.add_dummy_prefix = f.varint != 0;
     if (f.number == kNormRemoveExtraWhitespaces) flags.remove_extra_whitespaces = f.varint != 0;

@@ -5,6 +5,7 @@
 
 #include <sentencepiece_processor.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -74,7 +75,13 @@ std::unique_ptr<Tokenizer> Tokenizer::load(const std::string& path) {
   std::unique_ptr<Tokenizer> tok(new Tokenizer());
   std::string patched;
   try {
-    tok->model_adds_dummy_prefix_ = read_normalizer_flags(serialized).add_dummy_prefix;
+    const SpmNormalizerFlags flags = read_normalizer_flags(serialized);
+    tok->model_adds_dummy_prefix_ = flags.add_dummy_prefix;
+    // BPE (Unigram's Viterbi sums scores in floating point, so a path's choice can depend on
+    // what came before it), and text maps to pieces character by character (no NFKC-style
+    // mapping, no whitespace trimming): the conditions for encoding a text in independent
+    // parts (split_point).
+    tok->incremental_ = is_bpe_model(serialized) && !flags.has_charsmap && !flags.remove_extra_whitespaces;
     // NOTE: encode must give exactly the text's bytes, so the dummy space is switched off here
     // and re-added explicitly by the prompt builders for models trained with it.
     if (tok->model_adds_dummy_prefix_) patched = without_dummy_prefix(serialized);
@@ -124,6 +131,17 @@ std::unique_ptr<Tokenizer> Tokenizer::load(const std::string& path) {
     tok->byte_ids_[b] = ok ? *id : -1;
     tok->has_byte_fallback_ = tok->has_byte_fallback_ && ok;
   }
+  // Byte pairs that occur inside some piece a text can produce (with byte fallback every
+  // character has pieces, and no unknown token can span characters).
+  tok->incremental_ = tok->incremental_ && tok->has_byte_fallback_;
+  for (int id = 0; id < n; ++id) {
+    if (tok->kinds_[id] != Kind::Normal) continue;
+    const std::string& b = tok->bytes_[id];
+    for (size_t i = 0; i + 1 < b.size(); ++i) {
+      const uint8_t x = uint8_t(b[i]), y = uint8_t(b[i + 1]);
+      tok->joined_[x * 4 + y / 64] |= uint64_t{1} << (y % 64);
+    }
+  }
   auto valid = [n](int id) { return id >= 0 && id < n ? id : -1; };
   tok->bos_id_ = valid(sp.bos_id());
   tok->eos_id_ = valid(sp.eos_id());
@@ -146,7 +164,81 @@ void Tokenizer::encode_run(std::string_view run, std::vector<int32_t>& out) cons
   out.insert(out.end(), ids.begin(), ids.end());
 }
 
+namespace {
+constexpr size_t kCacheMinBytes = 256;   // shorter texts are cheap to encode
+constexpr size_t kCacheEntries = 64;     // e.g. prefix and suffix of 32 open files
+constexpr size_t kMaxSplitSearch = 4096; // bytes to look back for a split point
+}  // namespace
+
+// The last p <= common at which neither text can have a token across: p is a UTF-8 character
+// boundary of both and the bytes either side of it (in each text that goes on past p) are a pair
+// no piece contains. Then every tokenization of a text is one of text[0, p) followed by one of
+// text[p, end) — a merge across p would make a piece holding that pair — and sentencepiece's
+// BPE choice on each side does not depend on the other (it merges the best pair first, and
+// merges on one side never change the candidates of the other). So
+// encode(a) = encode(a[0, p)) + encode(a[p, end)) and the same for b. 0 when there is none.
+size_t Tokenizer::split_point(std::string_view a, std::string_view b, size_t common) const {
+  auto clean = [this](std::string_view t, size_t p) {
+    if (p >= t.size()) return true;
+    const uint8_t x = uint8_t(t[p - 1]), y = uint8_t(t[p]);
+    return (y & 0xC0) != 0x80 && never_joined(x, y);
+  };
+  const size_t stop = common > kMaxSplitSearch ? common - kMaxSplitSearch : 0;
+  for (size_t p = common; p > stop; --p)
+    if (clean(a, p) && clean(b, p)) return p;
+  return 0;
+}
+
 std::vector<int32_t> Tokenizer::encode(std::string_view text) const {
+  if (!incremental_ || text.size() < kCacheMinBytes) return encode_uncached(text);
+  std::shared_ptr<const Encoded> base;
+  size_t common = 0;
+  {
+    std::lock_guard<std::mutex> lk(cache_mu_);
+    for (const auto& e : cache_) {
+      const size_t n = std::min(e->text.size(), text.size());
+      size_t l = 0;
+      while (l < n && e->text[l] == text[l]) ++l;
+      if (l > common) {
+        common = l;
+        base = e;
+      }
+    }
+  }
+  auto entry = std::make_shared<Encoded>();
+  entry->text = std::string(text);
+  size_t p = base ? split_point(base->text, text, common) : 0;
+  size_t n_reused = 0;
+  if (p > 0) {
+    // Tokens of base covering exactly [0, p): a split point is a token boundary of base.
+    auto it = std::lower_bound(base->ends.begin(), base->ends.end(), int32_t(p));
+    if (it != base->ends.end() && size_t(*it) == p) n_reused = size_t(it - base->ends.begin()) + 1;
+    else p = 0;
+  }
+  if (p > 0) entry->ids.assign(base->ids.begin(), base->ids.begin() + std::ptrdiff_t(n_reused));
+  const std::vector<int32_t> rest = encode_uncached(text.substr(p));
+  entry->ids.insert(entry->ids.end(), rest.begin(), rest.end());
+  entry->ends.reserve(entry->ids.size());
+  size_t end = 0;
+  for (const int32_t id : entry->ids) {
+    end += bytes_[size_t(id)].size();
+    entry->ends.push_back(int32_t(end));
+  }
+  std::vector<int32_t> out = entry->ids;
+  if (end != text.size()) return out;  // not byte-aligned (cannot happen with byte fallback): do not keep
+  std::lock_guard<std::mutex> lk(cache_mu_);
+  reused_ids_ += n_reused;
+  entry->used = ++cache_clock_;
+  if (cache_.size() < kCacheEntries) {
+    cache_.push_back(std::move(entry));
+  } else {
+    auto oldest = std::min_element(cache_.begin(), cache_.end(), [](const auto& x, const auto& y) { return x->used < y->used; });
+    *oldest = std::move(entry);
+  }
+  return out;
+}
+
+std::vector<int32_t> Tokenizer::encode_uncached(std::string_view text) const {
   std::vector<int32_t> out;
   out.reserve(text.size() / 3 + 1);
   size_t run_start = 0, i = 0;

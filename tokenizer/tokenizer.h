@@ -7,6 +7,7 @@
 #include <array>
 #include <cstdint>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <span>
 #include <stdexcept>
@@ -38,7 +39,17 @@ class Tokenizer {
   // would turn into a space) is encoded as its three byte pieces, and each invalid UTF-8 byte as
   // its byte piece (so the model sees the raw byte; decode shows it as U+FFFD). Without byte
   // fallback, '▁' comes back as a space and invalid bytes as U+FFFD / unknown pieces.
+  // Long texts are encoded incrementally: when `text` shares a start with a recently encoded
+  // one (the IDE case: the same file, the cursor a few characters on), the ids up to the last
+  // point both texts cannot have a token across are reused and only the rest is encoded. The
+  // result is the same as encode_uncached(text) (see split_point); thread-safe.
   std::vector<int32_t> encode(std::string_view text) const;
+  std::vector<int32_t> encode_uncached(std::string_view text) const;
+  // Ids encode() took from earlier encodings so far (0 when the vocabulary does not allow it).
+  uint64_t reused_ids() const {
+    std::lock_guard<std::mutex> lk(cache_mu_);
+    return reused_ids_;
+  }
 
   // Concatenated token_bytes(), invalid UTF-8 repaired to U+FFFD (always valid UTF-8).
   // Control tokens contribute nothing. Throws TokenizerError on an out-of-range id.
@@ -71,6 +82,23 @@ class Tokenizer {
   Tokenizer() = default;
   void check_id(int32_t id) const;
   void encode_run(std::string_view run, std::vector<int32_t>& out) const;
+  // No piece contains the bytes a, b next to each other: no token can cross between them.
+  bool never_joined(uint8_t a, uint8_t b) const { return (joined_[a * 4 + b / 64] >> (b % 64) & 1) == 0; }
+  size_t split_point(std::string_view a, std::string_view b, size_t common) const;
+
+  struct Encoded {
+    std::string text;
+    std::vector<int32_t> ids;
+    std::vector<int32_t> ends;  // [ids.size()] byte offset where each token's bytes end
+    uint64_t used = 0;
+  };
+  // Recent encodings of long texts, for encode(); empty unless split points are exact.
+  bool incremental_ = false;
+  std::array<uint64_t, 256 * 4> joined_{};  // bit (a, b): some piece holds bytes a, b in a row
+  mutable std::mutex cache_mu_;
+  mutable std::vector<std::shared_ptr<const Encoded>> cache_;
+  mutable uint64_t cache_clock_ = 0;
+  mutable uint64_t reused_ids_ = 0;
 
   std::unique_ptr<sentencepiece::SentencePieceProcessor> sp_;
   std::vector<Kind> kinds_;               // [n_vocab]
