@@ -1,7 +1,8 @@
 """Many clients at once: 16 concurrent streams through 4 slots each get exactly the tokens they
 get alone; a client that goes away (mid-stream, while waiting for its whole response, or while
 queued) frees its slot at once and is counted in /metrics, and a queued request whose client
-left never runs; a full queue answers 503 with Retry-After."""
+left never runs; a full queue answers 503 with Retry-After; the load generator behind the
+README's numbers (scripts/bench_server.py) reads streams correctly and runs clean."""
 
 import json
 import os
@@ -266,3 +267,55 @@ class Disconnects(h.ServerTest):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class LoadGenerator(h.ServerTest):
+    """scripts/bench_server.py, which the README's numbers come from, against the real server:
+    its raw-socket stream reader sees the tokens the harness's reader sees, and a short run of
+    two levels reports tokens, latencies and prefix reuse without errors."""
+
+    SERVER_ARGS = ("--parallel", "4")
+
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        import importlib.util
+        spec = importlib.util.spec_from_file_location("bench_server", os.path.join(h.SOURCE_DIR, "scripts", "bench_server.py"))
+        cls.bench = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(cls.bench)
+
+    def test_stream_reader_counts_what_the_server_sent(self):
+        case = h.cases()["fim"][0]
+        body = {"input_prefix": case["prefix"], "input_suffix": case["suffix"], "n_predict": 24,
+                "temperature": 0, "ignore_eos": True, "cache_prompt": True}
+        events = [json.loads(e) for e in self.server.stream("/infill", dict(body, stream=True)).sse() if e != b"[DONE]"]
+        want = [e for e in events if not e.get("stop")]
+        ttft, times, n, cached, status = self.bench.Server(f"http://127.0.0.1:{self.server.port}").stream_infill(body)
+        self.assertEqual(status, 200)
+        self.assertEqual(n, 24)
+        self.assertEqual(n, want[-1]["tokens_predicted"])
+        self.assertEqual(len(times), 24)
+        self.assertGreater(ttft, 0)
+        self.assertGreater(cached, 0)  # the same prompt again: its prefix was cached
+
+    def test_short_run_of_two_levels(self):
+        out = os.path.join(os.environ.get("TMPDIR", "/tmp"), f"bench_server_{os.getpid()}.json")
+        import subprocess
+        import sys
+        subprocess.run([sys.executable, os.path.join(h.SOURCE_DIR, "scripts", "bench_server.py"),
+                        "--url", f"http://127.0.0.1:{self.server.port}", "--sources", os.path.join(h.SOURCE_DIR, "engine"),
+                        "--clients", "1,4", "--duration", "2", "--prefix-tokens", "300", "--suffix-tokens", "40",
+                        "--n-predict", "16", "--json", out], check=True, capture_output=True, timeout=120)
+        with open(out, encoding="utf-8") as f:
+            r = json.load(f)
+        os.remove(out)
+        self.assertEqual([lv["clients"] for lv in r["levels"]], [1, 4])
+        for lv in r["levels"]:
+            self.assertEqual(lv["errors"], 0, lv)
+            self.assertGreater(lv["requests"], 0, lv)
+            self.assertGreater(lv["generated_tokens"], 0, lv)
+            # (the tiny model outruns the reader: events that arrive together share a timestamp)
+            self.assertGreater(lv["itl_p99_ms"], 0, lv)
+            self.assertEqual(lv["statuses"], {"200": lv["requests"]}, lv)
+        self.assertGreater(r["cursor_moved"]["tokens_cached"], 0)
+        self.assertHealthy()
