@@ -231,27 +231,45 @@ void mk_w16_avx512(const float* a, int64_t lda, const uint16_t* b, int64_t Kp, i
   store_zmm_tile(acc, MR, c, ldc, nvalid, bias, accumulate);
 }
 
-// b: K rows of kPanel bf16 values, ldb apart, widened in registers.
+// b: K rows of kPanel bf16 values, ldb apart, widened in registers. A row is two 512-bit loads
+// of 32 values; a shift gives the even columns as f32 and a mask the odd ones (two operations
+// per 32 values), so the accumulators hold even and odd columns apart until the store puts them
+// back in order. Each output is the same sum in the same order as a plain widening would give.
 template <int MR>
 void mk_h_avx512(const float* a, int64_t lda, const uint16_t* b, int64_t ldb, int64_t K, float* c, int64_t ldc,
                  int nvalid, const float* bias, bool accumulate) {
-  __m512 acc[MR][4];
+  static_assert(kPanel == 64, "two 32-column halves per row");
+  __m512 ev[MR][2], od[MR][2];
   for (int r = 0; r < MR; ++r)
-    for (int v = 0; v < 4; ++v) acc[r][v] = _mm512_setzero_ps();
+    for (int h = 0; h < 2; ++h) ev[r][h] = od[r][h] = _mm512_setzero_ps();
+  const __m512i hi_mask = _mm512_set1_epi32(int32_t(0xFFFF0000u));
   for (int64_t k = 0; k < K; ++k) {
     const uint16_t* bk = b + k * ldb;
     // The cache streams from memory: fetch 8 rows ahead.
     _mm_prefetch(reinterpret_cast<const char*>(bk + 8 * ldb), _MM_HINT_T0);
     _mm_prefetch(reinterpret_cast<const char*>(bk + 8 * ldb + 32), _MM_HINT_T0);
-    __m512 bv[4];
-    for (int v = 0; v < 4; ++v)
-      bv[v] = _mm512_castsi512_ps(
-          _mm512_maskz_slli_epi32(__mmask16(0xffff), _mm512_maskz_cvtepu16_epi32(__mmask16(0xffff), _mm256_loadu_si256(reinterpret_cast<const __m256i*>(bk + v * 16))), 16));
+    __m512 be[2], bo[2];
+    for (int h = 0; h < 2; ++h) {
+      const __m512i x = _mm512_loadu_si512(bk + h * 32);
+      be[h] = _mm512_castsi512_ps(_mm512_maskz_slli_epi32(__mmask16(0xffff), x, 16));
+      bo[h] = _mm512_castsi512_ps(_mm512_and_si512(x, hi_mask));
+    }
     for (int r = 0; r < MR; ++r) {
-      __m512 av = _mm512_set1_ps(a[r * lda + k]);
-      for (int v = 0; v < 4; ++v) acc[r][v] = _mm512_fmadd_ps(av, bv[v], acc[r][v]);
+      const __m512 av = _mm512_set1_ps(a[r * lda + k]);
+      for (int h = 0; h < 2; ++h) {
+        ev[r][h] = _mm512_fmadd_ps(av, be[h], ev[r][h]);
+        od[r][h] = _mm512_fmadd_ps(av, bo[h], od[r][h]);
+      }
     }
   }
+  const __m512i lo_idx = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+  const __m512i up_idx = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
+  __m512 acc[MR][4];
+  for (int r = 0; r < MR; ++r)
+    for (int h = 0; h < 2; ++h) {
+      acc[r][2 * h] = _mm512_permutex2var_ps(ev[r][h], lo_idx, od[r][h]);
+      acc[r][2 * h + 1] = _mm512_permutex2var_ps(ev[r][h], up_idx, od[r][h]);
+    }
   store_zmm_tile(acc, MR, c, ldc, nvalid, bias, accumulate);
 }
 #endif
