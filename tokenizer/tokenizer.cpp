@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
@@ -165,9 +166,18 @@ void Tokenizer::encode_run(std::string_view run, std::vector<int32_t>& out) cons
 }
 
 namespace {
-constexpr size_t kCacheMinBytes = 256;   // shorter texts are cheap to encode
-constexpr size_t kCacheEntries = 64;     // e.g. prefix and suffix of 32 open files
-constexpr size_t kMaxSplitSearch = 4096; // bytes to look back for a split point
+constexpr size_t kCacheMinBytes = 256;         // shorter texts are cheap to encode
+constexpr size_t kCacheEntries = 64;           // e.g. prefix and suffix of 32 open files
+constexpr size_t kCacheBudget = size_t(16) << 20;  // bytes of text kept in all (ids: ~3x more)
+constexpr size_t kMaxSplitSearch = 4096;       // bytes to look back for a split point
+
+size_t common_prefix(std::string_view a, std::string_view b) {
+  const size_t n = std::min(a.size(), b.size());
+  size_t l = 0;
+  while (l + 64 <= n && std::memcmp(a.data() + l, b.data() + l, 64) == 0) l += 64;
+  while (l < n && a[l] == b[l]) ++l;
+  return l;
+}
 }  // namespace
 
 // The last p <= common at which neither text can have a token across: p is a UTF-8 character
@@ -196,9 +206,7 @@ std::vector<int32_t> Tokenizer::encode(std::string_view text) const {
   {
     std::lock_guard<std::mutex> lk(cache_mu_);
     for (const auto& e : cache_) {
-      const size_t n = std::min(e->text.size(), text.size());
-      size_t l = 0;
-      while (l < n && e->text[l] == text[l]) ++l;
+      const size_t l = common_prefix(e->text, text);
       if (l > common) {
         common = l;
         base = e;
@@ -225,15 +233,17 @@ std::vector<int32_t> Tokenizer::encode(std::string_view text) const {
     entry->ends.push_back(int32_t(end));
   }
   std::vector<int32_t> out = entry->ids;
-  if (end != text.size()) return out;  // not byte-aligned (cannot happen with byte fallback): do not keep
   std::lock_guard<std::mutex> lk(cache_mu_);
   reused_ids_ += n_reused;
+  // Not byte-aligned (cannot happen with byte fallback) or too large for the budget: not kept.
+  if (end != text.size() || text.size() > kCacheBudget / 4) return out;
   entry->used = ++cache_clock_;
-  if (cache_.size() < kCacheEntries) {
-    cache_.push_back(std::move(entry));
-  } else {
+  cache_bytes_ += text.size();
+  cache_.push_back(std::move(entry));
+  while (cache_.size() > kCacheEntries || cache_bytes_ > kCacheBudget) {
     auto oldest = std::min_element(cache_.begin(), cache_.end(), [](const auto& x, const auto& y) { return x->used < y->used; });
-    *oldest = std::move(entry);
+    cache_bytes_ -= (*oldest)->text.size();
+    cache_.erase(oldest);
   }
   return out;
 }

@@ -99,6 +99,7 @@ class Tokenizer {
   mutable std::vector<std::shared_ptr<const Encoded>> cache_;
   mutable uint64_t cache_clock_ = 0;
   mutable uint64_t reused_ids_ = 0;
+  mutable size_t cache_bytes_ = 0;  // text bytes in cache_
 
   std::unique_ptr<sentencepiece::SentencePieceProcessor> sp_;
   std::vector<Kind> kinds_;               // [n_vocab]
