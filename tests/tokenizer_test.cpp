@@ -14,6 +14,7 @@
 #include <iterator>
 #include <random>
 #include <string>
+#include <thread>
 #include <vector>
 
 using namespace hyco;
@@ -254,6 +255,30 @@ TEST_CASE("incremental encoding gives exactly the ids of a fresh encoding") {
     else
       CHECK(tok.reused_ids() == 0);
   }
+}
+
+TEST_CASE("incremental encoding from several threads at once gives fresh encodings") {
+  // HTTP threads share one tokenizer: each thread types through its own file while the others
+  // fill and evict the shared cache.
+  const auto tok = Tokenizer::load((fs::path(HYCO_SOURCE_DIR) / "models/hyco-rust/tokenizer.model").string());
+  const std::vector<std::string> files = {"engine/scheduler.cpp", "tokenizer/tokenizer.cpp", "engine/model.cpp",
+                                          "server/http_server.cpp"};
+  std::vector<int> mismatches(files.size(), 0);
+  std::vector<std::thread> threads;
+  for (size_t t = 0; t < files.size(); ++t)
+    threads.emplace_back([&, t] {
+      std::ifstream in(fs::path(HYCO_SOURCE_DIR) / files[t], std::ios::binary);
+      const std::string src(std::istreambuf_iterator<char>(in), {});
+      for (size_t end = 2000; end < std::min<size_t>(src.size(), 5000); end += 1 + end % 13)
+        if (tok->encode(std::string_view(src).substr(0, end)) != tok->encode_uncached(std::string_view(src).substr(0, end)))
+          ++mismatches[t];
+    });
+  for (auto& th : threads) th.join();
+  for (size_t t = 0; t < files.size(); ++t) {
+    INFO(files[t]);
+    CHECK(mismatches[t] == 0);
+  }
+  CHECK(tok->reused_ids() > 0);
 }
 
 TEST_CASE("a missing or corrupt tokenizer file is a TokenizerError naming the file") {
