@@ -392,5 +392,8 @@ TEST_CASE("with its own thread the scheduler serves concurrent clients and drain
   for (auto& t : clients) t.join();
   CHECK(ok == 8);
   sched.shutdown(std::chrono::milliseconds(100));
-  CHECK_THROWS_AS(sched.submit(CompletionRequest{"x", {1}}), ResourceExhausted);
+  CompletionRequest late;
+  late.id = "x";
+  late.prompt = {1};
+  CHECK_THROWS_AS(sched.submit(late), ResourceExhausted);
 }
