@@ -4,9 +4,10 @@
 // Input: any bytes. FIM fields are the NUL-separated parts: prefix, suffix, filename, repo name,
 // then (filename, text) pairs of extra files.
 //
-// Invariants: ids in range; decode is valid UTF-8 and, with byte fallback, equals the input with
-// invalid UTF-8 repaired; out-of-range ids throw TokenizerError and nothing else does; every FIM
-// marker appears exactly as often as the template inserts it (text cannot inject markers).
+// Invariants: ids in range and the same as a fresh encoding (encode() reuses recent ones); decode
+// is valid UTF-8 and, with byte fallback, equals the input with invalid UTF-8 repaired;
+// out-of-range ids throw TokenizerError and nothing else does; every FIM marker appears exactly
+// as often as the template inserts it (text cannot inject markers).
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
@@ -30,6 +31,8 @@ void check_ids(const Tokenizer& tok, const std::vector<int32_t>& ids) {
 void check_round_trip(const Tokenizer& tok, std::string_view s) {
   const std::vector<int32_t> ids = tok.encode(s);
   check_ids(tok, ids);
+  // encode() may reuse an earlier input's ids (inputs in a run share starts): never different.
+  FUZZ_CHECK(ids == tok.encode_uncached(s));
   const std::string back = tok.decode(ids);
   FUZZ_CHECK(utf8::is_valid(back));
   if (tok.has_byte_fallback()) FUZZ_CHECK(back == utf8::repaired(s));
