@@ -16,6 +16,7 @@
 #include "cli/commands.h"
 #include "cli/load.h"
 #include "engine/errors.h"
+#include "engine/sampler.h"
 
 namespace hyco {
 namespace {
@@ -164,7 +165,7 @@ int run_bench(const BenchArgs& a) {
       // Decode: every sequence one token per step, all in one batch; with --repeat, roll back
       // and decode again.
       const int32_t base_len = kv.length(seqs[0]);
-      std::vector<int32_t> next(size_t(B), int32_t(std::max_element(logits.begin(), logits.end()) - logits.begin()));
+      std::vector<int32_t> next(size_t(B), std::max(0, Sampler::argmax(std::span<const float>(logits.data(), size_t(c.n_vocab)))));
       for (int rep = 0; rep < a.repeat; ++rep) {
         if (rep)
           for (SeqId s : seqs) kv.truncate(s, base_len);
@@ -174,8 +175,9 @@ int run_bench(const BenchArgs& a) {
           for (int k = 0; k < B; ++k) b.add(seqs[size_t(k)], std::span<const int32_t>(&next[size_t(k)], 1));
           model->forward(b, kv, logits);
           for (int k = 0; k < B; ++k) {
-            const float* row = logits.data() + size_t(k) * size_t(c.n_vocab);
-            next[size_t(k)] = int32_t(std::max_element(row, row + c.n_vocab) - row);
+            // Greedy, as the server picks it.
+            const std::span<const float> row(logits.data() + size_t(k) * size_t(c.n_vocab), size_t(c.n_vocab));
+            next[size_t(k)] = std::max(0, Sampler::argmax(row));
           }
         }
         decode_s = std::min(decode_s, seconds_since(t));
