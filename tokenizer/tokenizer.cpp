@@ -200,7 +200,8 @@ size_t Tokenizer::split_point(std::string_view a, std::string_view b, size_t com
 }
 
 std::vector<int32_t> Tokenizer::encode(std::string_view text) const {
-  if (!incremental_ || text.size() < kCacheMinBytes) return encode_uncached(text);
+  // Short texts are cheap; ones over a quarter of the budget are never kept.
+  if (!incremental_ || text.size() < kCacheMinBytes || text.size() > kCacheBudget / 4) return encode_uncached(text);
   std::shared_ptr<const Encoded> base;
   size_t common = 0;
   {
@@ -235,8 +236,7 @@ std::vector<int32_t> Tokenizer::encode(std::string_view text) const {
   std::vector<int32_t> out = entry->ids;
   std::lock_guard<std::mutex> lk(cache_mu_);
   reused_ids_ += n_reused;
-  // Not byte-aligned (cannot happen with byte fallback) or too large for the budget: not kept.
-  if (end != text.size() || text.size() > kCacheBudget / 4) return out;
+  if (end != text.size()) return out;  // not byte-aligned (cannot happen with byte fallback): not kept
   entry->used = ++cache_clock_;
   cache_bytes_ += text.size();
   cache_.push_back(std::move(entry));
