@@ -2,6 +2,9 @@
 #include "engine/sampler.h"
 
 #include <algorithm>
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
 #include <cmath>
 #include <numeric>
 #include <string>
@@ -36,18 +39,12 @@ bool Sampler::changes_logits() const {
   return any && p_.penalty_last_n != 0;
 }
 
-int32_t Sampler::argmax(std::span<const float> v) {
-  // Two passes: the largest value, kept in 16 lanes so that the compiler can unroll and pipeline
-  // the comparisons (`x > m ? x : m` skips NaNs); then the first block of 16 that holds it.
+namespace {
+
+// The first index of m in v, -1 if none.
+int32_t first_index_of(std::span<const float> v, float m) {
   constexpr size_t L = 16;
   const size_t n = v.size(), whole = n / L * L;
-  float lane[L];
-  for (size_t i = 0; i < L; ++i) lane[i] = -INFINITY;
-  for (size_t j = 0; j < whole; j += L)
-    for (size_t i = 0; i < L; ++i) lane[i] = v[j + i] > lane[i] ? v[j + i] : lane[i];
-  float m = -INFINITY;
-  for (size_t i = 0; i < L; ++i) m = lane[i] > m ? lane[i] : m;
-  for (size_t j = whole; j < n; ++j) m = v[j] > m ? v[j] : m;
   for (size_t j = 0; j < whole; j += L) {
     int hit = 0;
     for (size_t i = 0; i < L; ++i) hit |= v[j + i] == m;
@@ -57,8 +54,68 @@ int32_t Sampler::argmax(std::span<const float> v) {
   }
   for (size_t j = whole; j < n; ++j)
     if (v[j] == m) return int32_t(j);
-  return -1;  // empty, or all NaN
+  return -1;
 }
+
+// The largest non-NaN value (-inf if none), 16 lanes at a time (`x > m ? x : m` skips NaNs).
+float max_value(std::span<const float> v) {
+  constexpr size_t L = 16;
+  const size_t n = v.size(), whole = n / L * L;
+  float lane[L];
+  for (size_t i = 0; i < L; ++i) lane[i] = -INFINITY;
+  for (size_t j = 0; j < whole; j += L)
+    for (size_t i = 0; i < L; ++i) lane[i] = v[j + i] > lane[i] ? v[j + i] : lane[i];
+  float m = -INFINITY;
+  for (size_t i = 0; i < L; ++i) m = lane[i] > m ? lane[i] : m;
+  for (size_t j = whole; j < n; ++j) m = v[j] > m ? v[j] : m;
+  return m;
+}
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+// The same on AVX-512 (GCC does not vectorise the loop above): vmaxps(x, m) is `x > m ? x : m`.
+__attribute__((target("avx512f"))) float max_value_avx512(std::span<const float> v) {
+  const size_t n = v.size(), whole = n / 16 * 16;
+  __m512 lane = _mm512_set1_ps(-INFINITY);
+  for (size_t j = 0; j < whole; j += 16) lane = _mm512_max_ps(_mm512_loadu_ps(v.data() + j), lane);
+  alignas(64) float l[16];
+  _mm512_store_ps(l, lane);
+  float m = -INFINITY;
+  for (size_t i = 0; i < 16; ++i) m = l[i] > m ? l[i] : m;
+  for (size_t j = whole; j < n; ++j) m = v[j] > m ? v[j] : m;
+  return m;
+}
+__attribute__((target("avx512f"))) int32_t first_index_of_avx512(std::span<const float> v, float m) {
+  const size_t n = v.size(), whole = n / 16 * 16;
+  const __m512 mv = _mm512_set1_ps(m);
+  for (size_t j = 0; j < whole; j += 16) {
+    const __mmask16 eq = _mm512_cmp_ps_mask(_mm512_loadu_ps(v.data() + j), mv, _CMP_EQ_OQ);
+    if (eq) return int32_t(j) + __builtin_ctz(unsigned(eq));
+  }
+  for (size_t j = whole; j < n; ++j)
+    if (v[j] == m) return int32_t(j);
+  return -1;
+}
+bool has_avx512() {
+  static const bool has = [] {
+    __builtin_cpu_init();  // may run before the constructor that would do it
+    return __builtin_cpu_supports("avx512f") != 0;
+  }();
+  return has;
+}
+#endif
+
+}  // namespace
+
+int32_t Sampler::argmax(std::span<const float> v) {
+  // Two passes: the largest value, then the first place that holds it.
+  // -1: empty, or all NaN
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+  if (has_avx512()) return first_index_of_avx512(v, max_value_avx512(v));
+#endif
+  return argmax_portable(v);
+}
+
+int32_t Sampler::argmax_portable(std::span<const float> v) { return first_index_of(v, max_value(v)); }
 
 void Sampler::apply_penalties(std::span<float> logits, std::span<const int32_t> history) {
   if (!changes_logits() || history.empty()) return;

@@ -42,6 +42,7 @@ class Sampler {
 
   // Index of the largest value, the first on ties; NaNs are never picked (-1 when all are NaN).
   static int32_t argmax(std::span<const float> v);
+  static int32_t argmax_portable(std::span<const float> v);  // the path without AVX-512 (tests)
 
   // log-softmax of `logits`: the chosen token's value, and the n largest (id ascending on ties).
   static float logprob_of(std::span<const float> logits, int32_t id);

@@ -291,11 +291,15 @@ TEST_CASE("argmax finds the first largest value like a plain scan", "[sampler]")
       if (trial % 5 == 2) v[0] = -INFINITY;
       INFO("n " << n << " trial " << trial);
       CHECK(Sampler::argmax(v) == scan(v));
+      CHECK(Sampler::argmax_portable(v) == scan(v));
     }
   }
-  CHECK(Sampler::argmax(std::vector<float>(40, -INFINITY)) == 0);
-  CHECK(Sampler::argmax(std::vector<float>(40, NAN)) == -1);
-  CHECK(Sampler::argmax(std::vector<float>{}) == -1);
+  for (auto f : {&Sampler::argmax, &Sampler::argmax_portable}) {
+    CHECK(f(std::vector<float>(40, -INFINITY)) == 0);
+    CHECK(f(std::vector<float>(40, NAN)) == -1);
+    CHECK(f(std::vector<float>{}) == -1);
+    CHECK(f(std::vector<float>{-0.0f, 0.0f, -1.0f}) == 0);
+  }
 }
 
 TEST_CASE("invalid sampling parameters are rejected naming the field", "[sampler]") {
