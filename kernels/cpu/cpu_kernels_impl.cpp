@@ -574,47 +574,40 @@ void attention_task(const AttentionParams& p, const AttnTask& task, float* scrat
     if (j0 >= j1) return;
     for (int32_t jb = j0 - j0 % kKeyTile; jb < j1; jb += kKeyTile) {
       const int32_t lo = jb > j0 ? jb : j0, hi = jb + kKeyTile < j1 ? jb + kKeyTile : j1;
-      // A tile of cached keys is one aligned group of slots: read it in place (f32) or convert
-      // it in one contiguous pass (bf16). Otherwise (keys of this step, odd block sizes) gather.
+      // A tile of cached keys on one aligned group of slots is read in place (f32, or bf16
+      // widened in the micro-kernel); otherwise it is assembled in KT/V.
       const float* kt = KT;
       const float* vt = V;
       const uint16_t* kt16 = nullptr;  // bf16 cache read in place
       const uint16_t* vt16 = nullptr;
       int64_t ldk = kKeyTile, ldv = hdp;
-      bool direct = false;
-      if (hi <= sp.pos0) {
+      // Cached keys of the tile (before pos0) on consecutive slots of one aligned group: their
+      // group's first slot, else -1.
+      const int32_t c_hi = int32_t(imin(hi, sp.pos0));
+      int64_t base = -1;
+      if (lo < c_hi) {
         const int64_t s_lo = kv_slot(p.layout, sp, table, lo);
-        const int64_t base = s_lo - (lo - jb);
-        direct = base % kKeyTile == 0 && kv_slot(p.layout, sp, table, hi - 1) == s_lo + (hi - 1 - lo);
-        if (direct) {
-          const int64_t kg = (base / kKeyTile) * kKeyTile * kvw + int64_t(task.g) * hd * kKeyTile;
-          const int64_t vg = base * kvw + int64_t(task.g) * hd;
-          ldv = kvw;
-          if (!bf16) {
-            kt = static_cast<const float*>(p.k_cache) + kg;
-            vt = static_cast<const float*>(p.v_cache) + vg;
-          } else {
-            kt16 = static_cast<const uint16_t*>(p.k_cache) + kg;
-            vt16 = static_cast<const uint16_t*>(p.v_cache) + vg;
-          }
-        }
+        const int64_t b0 = s_lo - (lo - jb);
+        if (b0 % kKeyTile == 0 && kv_slot(p.layout, sp, table, c_hi - 1) == s_lo + (c_hi - 1 - lo)) base = b0;
       }
-      if (!direct) {
-        // Cached keys of the tile (before pos0) on consecutive slots of one group — the tile
-        // that ends at a decoded token — are widened as one run; the step's own keys, and
-        // cached keys of odd layouts, are gathered one by one. Columns of no key are zero.
-        int32_t run_lo = lo, run_hi = lo;
-        const int32_t c_hi = int32_t(imin(hi, sp.pos0));
-        if (lo < c_hi) {
-          const int64_t s_lo = kv_slot(p.layout, sp, table, lo);
-          const int64_t base = s_lo - (lo - jb);
-          if (base % kKeyTile == 0 && kv_slot(p.layout, sp, table, c_hi - 1) == s_lo + (c_hi - 1 - lo)) {
-            run_hi = c_hi;
-            copy_kv_run(p, base, task.g, lo - jb, c_hi - jb, KT, V, hdp);
-          }
+      const bool direct = base >= 0 && c_hi == hi;
+      if (direct) {
+        const int64_t kg = (base / kKeyTile) * kKeyTile * kvw + int64_t(task.g) * hd * kKeyTile;
+        const int64_t vg = base * kvw + int64_t(task.g) * hd;
+        ldv = kvw;
+        if (!bf16) {
+          kt = static_cast<const float*>(p.k_cache) + kg;
+          vt = static_cast<const float*>(p.v_cache) + vg;
+        } else {
+          kt16 = static_cast<const uint16_t*>(p.k_cache) + kg;
+          vt16 = static_cast<const uint16_t*>(p.v_cache) + vg;
         }
-        if (run_lo == run_hi) copy_kv_run(p, -1, task.g, 0, 0, KT, V, hdp);  // all columns zero
-        for (int32_t j = run_hi > lo ? run_hi : lo; j < hi; ++j) {
+      } else {
+        // The tile that ends at a decoded token: its cached run is widened at once (all columns
+        // zero without one); the step's own keys, and cached keys of odd layouts, are gathered
+        // one by one.
+        copy_kv_run(p, base, task.g, base >= 0 ? lo - jb : 0, base >= 0 ? c_hi - jb : 0, KT, V, hdp);
+        for (int32_t j = base >= 0 ? c_hi : lo; j < hi; ++j) {
           load_kv(ctx, j, 0, KT + (j - jb), kKeyTile);
           load_kv(ctx, j, 1, V + (j - jb) * hdp, 1);
         }
