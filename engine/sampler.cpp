@@ -41,38 +41,9 @@ bool Sampler::changes_logits() const {
 
 namespace {
 
-// The first index of m in v, -1 if none.
-int32_t first_index_of(std::span<const float> v, float m) {
-  constexpr size_t L = 16;
-  const size_t n = v.size(), whole = n / L * L;
-  for (size_t j = 0; j < whole; j += L) {
-    int hit = 0;
-    for (size_t i = 0; i < L; ++i) hit |= v[j + i] == m;
-    if (hit)
-      for (size_t i = 0; i < L; ++i)
-        if (v[j + i] == m) return int32_t(j + i);
-  }
-  for (size_t j = whole; j < n; ++j)
-    if (v[j] == m) return int32_t(j);
-  return -1;
-}
-
-// The largest non-NaN value (-inf if none), 16 lanes at a time (`x > m ? x : m` skips NaNs).
-float max_value(std::span<const float> v) {
-  constexpr size_t L = 16;
-  const size_t n = v.size(), whole = n / L * L;
-  float lane[L];
-  for (size_t i = 0; i < L; ++i) lane[i] = -INFINITY;
-  for (size_t j = 0; j < whole; j += L)
-    for (size_t i = 0; i < L; ++i) lane[i] = v[j + i] > lane[i] ? v[j + i] : lane[i];
-  float m = -INFINITY;
-  for (size_t i = 0; i < L; ++i) m = lane[i] > m ? lane[i] : m;
-  for (size_t j = whole; j < n; ++j) m = v[j] > m ? v[j] : m;
-  return m;
-}
-
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-// The same on AVX-512 (GCC does not vectorise the loop above): vmaxps(x, m) is `x > m ? x : m`.
+// On AVX-512, two passes: the largest value (vmaxps(x, m) is `x > m ? x : m`, so NaNs are
+// skipped), then the first place that holds it.
 __attribute__((target("avx512f"))) float max_value_avx512(std::span<const float> v) {
   const size_t n = v.size(), whole = n / 16 * 16;
   __m512 lane = _mm512_set1_ps(-INFINITY);
@@ -107,15 +78,18 @@ bool has_avx512() {
 }  // namespace
 
 int32_t Sampler::argmax(std::span<const float> v) {
-  // Two passes: the largest value, then the first place that holds it.
-  // -1: empty, or all NaN
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
   if (has_avx512()) return first_index_of_avx512(v, max_value_avx512(v));
 #endif
   return argmax_portable(v);
 }
 
-int32_t Sampler::argmax_portable(std::span<const float> v) { return first_index_of(v, max_value(v)); }
+int32_t Sampler::argmax_portable(std::span<const float> v) {
+  int32_t best = -1;  // -1: empty, or all NaN
+  for (size_t i = 0; i < v.size(); ++i)
+    if (!std::isnan(v[i]) && (best < 0 || v[i] > v[size_t(best)])) best = int32_t(i);
+  return best;
+}
 
 void Sampler::apply_penalties(std::span<float> logits, std::span<const int32_t> history) {
   if (!changes_logits() || history.empty()) return;
