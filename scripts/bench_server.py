@@ -49,16 +49,6 @@ class Server:
         if api_key:
             self.headers["Authorization"] = "Bearer " + api_key
 
-    def post(self, path, body):
-        c = http.client.HTTPConnection(self.host, self.port, timeout=600)
-        c.request("POST", path, json.dumps(body), self.headers)
-        r = c.getresponse()
-        data = r.read()
-        c.close()
-        if r.status != 200:
-            raise RuntimeError(f"{path}: HTTP {r.status}: {data[:200]!r}")
-        return json.loads(data)
-
     def get(self, path):
         c = http.client.HTTPConnection(self.host, self.port, timeout=60)
         c.request("GET", path, headers=self.headers)
