@@ -260,6 +260,39 @@ class CpuBackend final : public Backend {
           t.k1 = INT32_MAX;
           tasks_.push_back(t);
         }
+    // Prefill spans longer than one task: the tiles holding the step's own keys are assembled
+    // once per (span, kv head) and shared by the span's tasks, instead of by each task.
+    stage_jobs_.clear();
+    staged_at_.assign(size_t(p.meta.n_spans) * size_t(p.n_kv_heads), -1);
+    int64_t staged_floats = 0;
+    const int64_t tile_floats = attention_tile_floats(p.head_dim);
+    for (int32_t s = 0; s < p.meta.n_spans; ++s) {
+      const SeqSpan& sp = p.meta.spans[s];
+      if (sp.n_tokens <= tq) continue;
+      const int32_t jb0 = sp.pos0 - sp.pos0 % kKeyTile;
+      const int32_t n_tiles = (sp.pos0 + sp.n_tokens - 1 - jb0) / kKeyTile + 1;
+      for (int32_t g = 0; g < p.n_kv_heads; ++g) {
+        staged_at_[size_t(s) * size_t(p.n_kv_heads) + size_t(g)] = staged_floats;
+        for (int32_t i = 0; i < n_tiles; ++i) stage_jobs_.push_back({s, g, jb0 + i * kKeyTile, staged_floats});
+        staged_floats += n_tiles * tile_floats;
+      }
+    }
+    if (!stage_jobs_.empty()) {
+      if (staged_.size() < size_t(staged_floats)) staged_.resize(size_t(staged_floats));
+      pool_.run_tasks(int64_t(stage_jobs_.size()), [&](int64_t i, int) {
+        const StageJob& j = stage_jobs_[size_t(i)];
+        const SeqSpan& sp = p.meta.spans[j.s];
+        const int64_t tile = (j.jb - (sp.pos0 - sp.pos0 % kKeyTile)) / kKeyTile;
+        k_->stage_tile(p, j.s, j.g, j.jb, staged_.data() + j.offset + tile * tile_floats);
+      });
+      for (AttnTask& t : tasks_) {
+        const int64_t at = staged_at_[size_t(t.s) * size_t(p.n_kv_heads) + size_t(t.g)];
+        if (at < 0) continue;
+        const SeqSpan& sp = p.meta.spans[t.s];
+        t.staged = staged_.data() + at;
+        t.staged_jb0 = sp.pos0 - sp.pos0 % kKeyTile;
+      }
+    }
     // Split-KV: too few tasks for the threads (decode) and long key ranges → split each range
     // into chunks aligned to the key tile, run them in parallel, merge their softmax states.
     merges_.clear();
@@ -438,6 +471,13 @@ class CpuBackend final : public Backend {
   std::vector<AttnTask> tasks_;
   std::vector<Merge> merges_;
   std::vector<float> partial_;
+  struct StageJob {
+    int32_t s, g, jb;
+    int64_t offset;  // of the (span, kv head)'s first tile in staged_
+  };
+  std::vector<StageJob> stage_jobs_;
+  std::vector<int64_t> staged_at_;  // [span][kv head]: offset of its first staged tile, or -1
+  std::vector<float> staged_;
   std::vector<float> cos_, sin_;
   uint64_t rope_step_ = 0;
   int rope_hd_ = 0;

@@ -49,12 +49,20 @@ inline int64_t attention_scratch_floats(int hd) {
 // with positions in [k0, k1) that the layer lets them see. With `partial` set, the task writes
 // its unnormalised state — m[rows], l[rows], o[rows × hd] — there instead of the output, so a long
 // key range can be split over threads and merged (split-KV decode).
+// With `staged` set, the tiles from key position staged_jb0 on (those holding the step's own keys)
+// are read from there, built once for all the tasks of the span by stage_tile.
 struct AttnTask {
   int32_t s = 0, g = 0, t0 = 0, t1 = 0;
   int32_t k0 = 0, k1 = 0;
   float* partial = nullptr;
+  const float* staged = nullptr;
+  int32_t staged_jb0 = 0;
 };
 inline int64_t attention_partial_floats(int rows, int hd) { return int64_t(rows) * (2 + hd); }
+// Floats of one staged tile: KT[hd][kKeyTile] then V[kKeyTile][hdp].
+inline int64_t attention_tile_floats(int hd) {
+  return int64_t(hd) * kKeyTile + int64_t(kKeyTile) * ((hd + kPanel - 1) / kPanel * kPanel);
+}
 
 struct CpuKernels {
   const char* name;
@@ -62,6 +70,9 @@ struct CpuKernels {
   void (*gemm_f32)(const GemmArgs& a, int64_t p0, int64_t p1, int64_t m0, int64_t m1);
   void (*gemm_bf16)(const GemmArgs& a, int64_t p0, int64_t p1, int64_t m0, int64_t m1);
   void (*attention_task)(const AttentionParams& p, const AttnTask& t, float* scratch);
+  // The tile of keys [jb, jb + kKeyTile) of span s, kv head g, as attention_task would assemble
+  // it, into dst (attention_tile_floats).
+  void (*stage_tile)(const AttentionParams& p, int32_t s, int32_t g, int32_t jb, float* dst);
   void (*rms_norm)(const float* x, const float* w, float eps, int64_t D, float* out, int64_t r0, int64_t r1);
   // gate_up rows [gate(F) | up(F)] → out rows (F)
   void (*swiglu)(const float* gate_up, int64_t F, float* out, int64_t r0, int64_t r1);

@@ -382,70 +382,102 @@ void gemm_bf16(const GemmArgs& g, int64_t p0, int64_t p1, int64_t m0, int64_t m1
 
 // ---- attention -----------------------------------------------------------------------------------
 
-// One row of an online softmax over a tile of kKeyTile scores (keys jb + jj): scores of keys
-// outside [klo, khi) are masked; the rest become weights exp(score - m) with m the running max
-// (updated), and their sum is added to the running sum l after rescaling it. Returns the factor
-// the row's accumulated output must be rescaled by. Max and sum run in 16 lanes in a fixed order
-// (lane i takes keys i, i + 16, ...), so a row is reduced the same way alone or in a batch.
-inline float softmax_tile_row(float* sr, int32_t jb, int32_t klo, int32_t khi, float& m, float& l) {
+// The sum of 16 lanes as a fixed tree: lanes i and i + 8, then i + 4, i + 2, i + 1 (the order
+// _mm512_reduce_add_ps uses), so every variant reduces a row the same way.
+inline float tree_sum16(const float* lane) {
+  float s8[8], s4[4];
+  for (int i = 0; i < 8; ++i) s8[i] = lane[i] + lane[i + 8];
+  for (int i = 0; i < 4; ++i) s4[i] = s8[i] + s8[i + 4];
+  return (s4[0] + s4[2]) + (s4[1] + s4[3]);
+}
+
+// Online softmax over one tile of kKeyTile scores for `rows` rows (row r at sc + r * kKeyTile,
+// keys jb + jj): scores of keys outside [klo[r], khi[r]) are masked; the rest become weights
+// exp(score - m) with m the row's running max (updated), and their sum is added to the running
+// sum l after rescaling it. corr[r] gets the factor the row's accumulated output must be rescaled
+// by (exactly 1 when the max did not change). A row is reduced the same way alone or in a batch:
+// the max in any order (it is exact), the sum in 16 lanes (lane i takes keys i, i + 16, ...) and
+// then tree_sum16. The phases run over all rows, so the rescale factors take one vector exp per
+// 16 rows.
+inline void softmax_tile(float* sc, int rows, int32_t jb, const int32_t* klo, const int32_t* khi, float* m, float* l,
+                         float* corr) {
   static_assert(kKeyTile % 16 == 0, "tiles are whole 16-lane groups");
-  float lane[16];
+  float m_new[kMaxRows];
+  // Phase 1: mask and row max.
+  for (int r = 0; r < rows; ++r) {
+    float* sr = sc + r * kKeyTile;
+    float mx = -INFINITY;
 #if defined(__AVX512F__)
-  const __m512i idx = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
-  const __m512 ninf = _mm512_set1_ps(-INFINITY);
-  __m512 mv = ninf;
-  for (int j16 = 0; j16 < kKeyTile; j16 += 16) {
-    const __m512i j = _mm512_add_epi32(_mm512_set1_epi32(jb + j16), idx);
-    const __mmask16 ok = _mm512_cmpge_epi32_mask(j, _mm512_set1_epi32(klo)) & _mm512_cmplt_epi32_mask(j, _mm512_set1_epi32(khi));
-    const __m512 v = _mm512_mask_loadu_ps(ninf, ok, sr + j16);
-    _mm512_storeu_ps(sr + j16, v);
-    mv = _mm512_max_ps(v, mv);  // v > lane ? v : lane
-  }
-  _mm512_storeu_ps(lane, mv);
+    const __m512i idx = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    const __m512 ninf = _mm512_set1_ps(-INFINITY);
+    __m512 mv = ninf;
+    for (int j16 = 0; j16 < kKeyTile; j16 += 16) {
+      const __m512i j = _mm512_add_epi32(_mm512_set1_epi32(jb + j16), idx);
+      const __mmask16 ok =
+          _mm512_cmpge_epi32_mask(j, _mm512_set1_epi32(klo[r])) & _mm512_cmplt_epi32_mask(j, _mm512_set1_epi32(khi[r]));
+      const __m512 v = _mm512_mask_loadu_ps(ninf, ok, sr + j16);
+      _mm512_storeu_ps(sr + j16, v);
+      mv = _mm512_max_ps(v, mv);
+    }
+    mx = _mm512_reduce_max_ps(mv);
 #else
-  for (int i = 0; i < 16; ++i) lane[i] = -INFINITY;
-  for (int j16 = 0; j16 < kKeyTile; j16 += 16)
-    for (int i = 0; i < 16; ++i) {
-      const int32_t j = jb + j16 + i;
-      const float v = j >= klo && j < khi ? sr[j16 + i] : -INFINITY;
-      sr[j16 + i] = v;
-      lane[i] = v > lane[i] ? v : lane[i];
+    for (int jj = 0; jj < kKeyTile; ++jj) {
+      const int32_t j = jb + jj;
+      const float v = j >= klo[r] && j < khi[r] ? sr[jj] : -INFINITY;
+      sr[jj] = v;
+      mx = v > mx ? v : mx;
     }
 #endif
-  float mx = -INFINITY;
-  for (int i = 0; i < 16; ++i) mx = lane[i] > mx ? lane[i] : mx;
-  if (mx == -INFINITY) {
-    for (int jj = 0; jj < kKeyTile; ++jj) sr[jj] = 0.0f;
-    return 1.0f;
+    m_new[r] = m[r] > mx ? m[r] : mx;
   }
-  const float m_new = m > mx ? m : mx;
-  const float corr = m == -INFINITY ? 0.0f : fast_exp(m - m_new);
+  // Rescale factors exp(m - m_new); 0 for a row that had no visible key before this tile (it
+  // has nothing accumulated).
+  for (int r0 = 0; r0 < rows; r0 += 16) {
+    const int n = rows - r0 < 16 ? rows - r0 : 16;
 #if defined(__AVX512F__)
-  __m512 sv = _mm512_setzero_ps();
-  const __m512 mn = _mm512_set1_ps(m_new);
-  for (int j16 = 0; j16 < kKeyTile; j16 += 16) {
-    const __m512 v = _mm512_loadu_ps(sr + j16);
-    const __mmask16 live = _mm512_cmp_ps_mask(v, ninf, _CMP_NEQ_UQ);
-    const __m512 e = _mm512_maskz_mov_ps(live, fast_exp(_mm512_sub_ps(v, mn)));
-    _mm512_storeu_ps(sr + j16, e);
-    sv = _mm512_add_ps(sv, e);
-  }
-  _mm512_storeu_ps(lane, sv);
+    const __mmask16 live = __mmask16((1u << n) - 1);
+    const __m512 f = _mm512_maskz_loadu_ps(live, m + r0), t = _mm512_maskz_loadu_ps(live, m_new + r0);
+    const __mmask16 fin = _mm512_cmp_ps_mask(f, _mm512_set1_ps(-INFINITY), _CMP_NEQ_UQ) & live;
+    const __m512 e = _mm512_maskz_mov_ps(fin, fast_exp(_mm512_maskz_sub_ps(fin, f, t)));
+    _mm512_mask_storeu_ps(corr + r0, live, e);
 #else
-  for (int i = 0; i < 16; ++i) lane[i] = 0.0f;
-  for (int j16 = 0; j16 < kKeyTile; j16 += 16)
-    for (int i = 0; i < 16; ++i) {
-      const float v = sr[j16 + i];
-      const float e = v == -INFINITY ? 0.0f : fast_exp(v - m_new);
-      sr[j16 + i] = e;
-      lane[i] += e;
-    }
+    for (int i = 0; i < n; ++i) corr[r0 + i] = m[r0 + i] == -INFINITY ? 0.0f : fast_exp(m[r0 + i] - m_new[r0 + i]);
 #endif
-  float sum = 0.0f;
-  for (int i = 0; i < 16; ++i) sum += lane[i];
-  l = l * corr + sum;
-  m = m_new;
-  return corr;
+  }
+  // Phase 2: weights and their sum.
+  for (int r = 0; r < rows; ++r) {
+    float* sr = sc + r * kKeyTile;
+    if (m_new[r] == -INFINITY) {  // no visible key in this tile, nor before it
+      for (int jj = 0; jj < kKeyTile; ++jj) sr[jj] = 0.0f;
+      corr[r] = 1.0f;
+      continue;
+    }
+    float lane[16];
+#if defined(__AVX512F__)
+    const __m512 ninf = _mm512_set1_ps(-INFINITY);
+    __m512 sv = _mm512_setzero_ps();
+    const __m512 mn = _mm512_set1_ps(m_new[r]);
+    for (int j16 = 0; j16 < kKeyTile; j16 += 16) {
+      const __m512 v = _mm512_loadu_ps(sr + j16);
+      const __mmask16 vis = _mm512_cmp_ps_mask(v, ninf, _CMP_NEQ_UQ);
+      const __m512 e = _mm512_maskz_mov_ps(vis, fast_exp(_mm512_sub_ps(v, mn)));
+      _mm512_storeu_ps(sr + j16, e);
+      sv = _mm512_add_ps(sv, e);
+    }
+    _mm512_storeu_ps(lane, sv);
+#else
+    for (int i = 0; i < 16; ++i) lane[i] = 0.0f;
+    for (int j16 = 0; j16 < kKeyTile; j16 += 16)
+      for (int i = 0; i < 16; ++i) {
+        const float v = sr[j16 + i];
+        const float e = v == -INFINITY ? 0.0f : fast_exp(v - m_new[r]);
+        sr[j16 + i] = e;
+        lane[i] += e;
+      }
+#endif
+    l[r] = l[r] * corr[r] + tree_sum16(lane);
+    m[r] = m_new[r];
+  }
 }
 
 struct AttnCtx {
@@ -531,6 +563,42 @@ inline void copy_kv_run(const AttentionParams& p, int64_t base, int g, int a, in
   }
 }
 
+// A tile of a prefill span, built once for all its tasks: every column a query of the span may
+// see holds its key and value as the tasks would gather them (cached ones widened, the step's own
+// rounded to what the cache will hold); the other columns are zero. For a local layer those are
+// the sinks and the window of the span's first token (older ring slots may hold other positions).
+void stage_tile(const AttentionParams& p, int32_t s, int32_t g, int32_t jb, float* dst) {
+  const SeqSpan& sp = p.meta.spans[s];
+  const int hd = p.head_dim;
+  const int hdp = (hd + kPanel - 1) / kPanel * kPanel;
+  const bool local = p.layout.local;
+  const int32_t* table = local ? nullptr : p.meta.global_tables + int64_t(sp.table_row) * p.meta.table_stride;
+  const AttnCtx ctx{&p, &sp, table, g, hd};
+  float* KT = dst;
+  float* V = dst + int64_t(hd) * kKeyTile;
+  for (int64_t i = 0; i < int64_t(kKeyTile) * hdp; ++i) V[i] = 0.0f;  // value padding stays 0
+  const int32_t hi = int32_t(imin(jb + kKeyTile, int64_t(sp.pos0) + sp.n_tokens));
+  const int32_t S = local ? p.layout.n_sinks : 0;
+  const int32_t c_lo = local ? int32_t(imax(jb, imax(S, int64_t(sp.pos0) - p.layout.window + 1))) : jb;
+  const int32_t c_hi = int32_t(imin(hi, sp.pos0));
+  int64_t base = -1;  // cached run on consecutive slots of one aligned group: its first slot
+  if (c_lo < c_hi) {
+    const int64_t s_lo = kv_slot(p.layout, sp, table, c_lo);
+    const int64_t b0 = s_lo - (c_lo - jb);
+    if (b0 % kKeyTile == 0 && kv_slot(p.layout, sp, table, c_hi - 1) == s_lo + (c_hi - 1 - c_lo)) base = b0;
+  }
+  copy_kv_run(p, base, g, base >= 0 ? c_lo - jb : 0, base >= 0 ? c_hi - jb : 0, KT, V, hdp);
+  auto gather = [&](int32_t a, int32_t b) {
+    for (int32_t j = a; j < b; ++j) {
+      load_kv(ctx, j, 0, KT + (j - jb), kKeyTile);
+      load_kv(ctx, j, 1, V + int64_t(j - jb) * hdp, 1);
+    }
+  };
+  if (base < 0) gather(c_lo, c_hi);
+  gather(jb, int32_t(imin(imin(S, sp.pos0), hi)));  // sinks
+  gather(int32_t(imax(jb, sp.pos0)), hi);            // the step's own keys
+}
+
 void attention_task(const AttentionParams& p, const AttnTask& task, float* scratch) {
   const SeqSpan& sp = p.meta.spans[task.s];
   const int hd = p.head_dim;
@@ -602,6 +670,9 @@ void attention_task(const AttentionParams& p, const AttnTask& task, float* scrat
           kt16 = static_cast<const uint16_t*>(p.k_cache) + kg;
           vt16 = static_cast<const uint16_t*>(p.v_cache) + vg;
         }
+      } else if (task.staged && jb >= task.staged_jb0) {
+        kt = task.staged + int64_t((jb - task.staged_jb0) / kKeyTile) * attention_tile_floats(hd);
+        vt = kt + int64_t(hd) * kKeyTile;
       } else {
         // The tile that ends at a decoded token: its cached run is widened at once (all columns
         // zero without one); the step's own keys, and cached keys of odd layouts, are gathered
@@ -616,18 +687,21 @@ void attention_task(const AttentionParams& p, const AttnTask& task, float* scrat
         tile_gemm(rows, Q, hd, kt16, ldk, hd, kKeyTile, Sc, kKeyTile, false);
       else
         tile_gemm(rows, Q, hd, kt, ldk, hd, kKeyTile, Sc, kKeyTile, false);
-      // Online softmax: mask, rescale what was accumulated, turn scores into weights.
+      // Online softmax: mask, turn scores into weights, rescale what was accumulated.
+      int32_t klo[kMaxRows], khi[kMaxRows];
+      float corr[kMaxRows];
       for (int r = 0; r < rows; ++r) {
         const int32_t pr = rpos[r];
         // Keys [klo, khi) of this tile are visible to the row: in range, causal, in the window.
-        const int32_t klo = (sinks || !local) ? lo : int32_t(imax(lo, int64_t(pr) - W + 1));
-        const int32_t khi = int32_t(imin(hi, int64_t(pr) + 1));
-        const float corr = softmax_tile_row(Sc + r * kKeyTile, jb, klo, khi, Mx[r], Ls[r]);
-        if (corr != 1.0f) {
-          float* orow = O + r * hdp;
-          for (int d = 0; d < hd; ++d) orow[d] *= corr;
-        }
+        klo[r] = (sinks || !local) ? lo : int32_t(imax(lo, int64_t(pr) - W + 1));
+        khi[r] = int32_t(imin(hi, int64_t(pr) + 1));
       }
+      softmax_tile(Sc, rows, jb, klo, khi, Mx, Ls, corr);
+      for (int r = 0; r < rows; ++r)
+        if (corr[r] != 1.0f) {
+          float* orow = O + r * hdp;
+          for (int d = 0; d < hd; ++d) orow[d] *= corr[r];
+        }
       if (vt16)
         tile_gemm(rows, Sc, kKeyTile, vt16, ldv, kKeyTile, hd, O, hdp, true);
       else
@@ -720,6 +794,7 @@ const CpuKernels HYCO_CAT(kKernels, HYCO_CPU_TABLE) = {
     HYCO_CPU_VARIANT::gemm_f32,
     HYCO_CPU_VARIANT::gemm_bf16,
     HYCO_CPU_VARIANT::attention_task,
+    HYCO_CPU_VARIANT::stage_tile,
     HYCO_CPU_VARIANT::rms_norm,
     HYCO_CPU_VARIANT::swiglu,
     HYCO_CPU_VARIANT::rope,
