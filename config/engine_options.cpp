@@ -33,9 +33,10 @@ void add_engine_options(CLI::App& app, EngineOptions& o) {
       ->envname("HYCO_WEIGHTS")
       ->check(CLI::IsMember({"auto", "f32", "bf16", "f16"}))
       ->capture_default_str();
-  app.add_option("--kv-dtype", o.kv_dtype, "KV cache dtype: auto, f32, bf16, f16")
+  app.add_option("--kv-dtype", o.kv_dtype,
+                 "KV cache dtype: auto, f32, bf16, f16, q8 (8-bit with a scale per head and position; CPU only)")
       ->envname("HYCO_KV_DTYPE")
-      ->check(CLI::IsMember({"auto", "f32", "bf16", "f16"}))
+      ->check(CLI::IsMember({"auto", "f32", "bf16", "f16", "q8"}))
       ->capture_default_str();
   app.add_option("-c,--ctx", o.ctx, "Max tokens per sequence (0: the model's, at most 32768)")
       ->envname("HYCO_CTX")
@@ -66,12 +67,13 @@ std::string default_model_dir() {
   return (fs::path(HYCO_SOURCE_MODELS_DIR) / name).string();
 }
 
-std::optional<DType> parse_dtype_option(const std::string& v, const char* flag) {
+std::optional<DType> parse_dtype_option(const std::string& v, const char* flag, bool allow_q8) {
   if (v == "auto") return std::nullopt;
   if (v == "f32") return DType::F32;
   if (v == "bf16") return DType::BF16;
   if (v == "f16") return DType::F16;
-  throw InvalidArgument(std::string(flag) + " '" + v + "' is not one of auto, f32, bf16, f16");
+  if (v == "q8" && allow_q8) return DType::Q8;
+  throw InvalidArgument(std::string(flag) + " '" + v + "' is not one of auto, f32, bf16, f16" + (allow_q8 ? ", q8" : ""));
 }
 
 LoadOptions to_load_options(const EngineOptions& o) {
@@ -83,7 +85,7 @@ LoadOptions to_load_options(const EngineOptions& o) {
 
 KvCacheConfig to_kv_config(const EngineOptions& o, const ModelConfig& m, DType default_kv, int n_seqs) {
   KvCacheConfig k;
-  k.dtype = parse_dtype_option(o.kv_dtype, "--kv-dtype").value_or(default_kv);
+  k.dtype = parse_dtype_option(o.kv_dtype, "--kv-dtype", true).value_or(default_kv);
   k.n_seqs = n_seqs;
   k.n_ctx = o.ctx > 0 ? o.ctx : (m.n_ctx_train > 0 ? std::min(m.n_ctx_train, 32768) : 4096);
   k.rollback = o.kv_rollback;

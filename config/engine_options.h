@@ -21,7 +21,7 @@ struct EngineOptions {
   int threads = 0;              // CPU threads; 0 = one per core
   std::string attention;        // --attention override spec; empty = the model's pattern
   std::string weights = "auto"; // matrix dtype on the device: auto | f32 | bf16 | f16
-  std::string kv_dtype = "auto";  // auto | f32 | bf16 | f16
+  std::string kv_dtype = "auto";  // auto | f32 | bf16 | f16 | q8
   int ctx = 0;                  // max positions per sequence; 0 = the model's, capped at 32768
   int kv_rollback = 256;        // R of the local rings
   int kv_block = 64;            // positions per global block
@@ -36,7 +36,7 @@ std::string default_model_dir();
 
 // Throws InvalidArgument with the flag name when a value is invalid.
 LoadOptions to_load_options(const EngineOptions& o);
-std::optional<DType> parse_dtype_option(const std::string& v, const char* flag);
+std::optional<DType> parse_dtype_option(const std::string& v, const char* flag, bool allow_q8 = false);
 KvCacheConfig to_kv_config(const EngineOptions& o, const ModelConfig& m, DType default_kv, int n_seqs);
 
 }  // namespace hyco

@@ -8,7 +8,9 @@
 
 namespace hyco {
 
-enum class DType : uint8_t { F32, F16, BF16, I32 };
+// Q8: signed 8-bit values, each row of head_dim elements with its own f32 scale held apart
+// (the KV cache's 8-bit form, CPU only; see q8_row in kernels/cpu/cpu_kernels.h).
+enum class DType : uint8_t { F32, F16, BF16, I32, Q8 };
 
 constexpr size_t dtype_size(DType t) {
   switch (t) {
@@ -16,6 +18,7 @@ constexpr size_t dtype_size(DType t) {
     case DType::F16: return 2;
     case DType::BF16: return 2;
     case DType::I32: return 4;
+    case DType::Q8: return 1;
   }
   return 0;
 }
@@ -26,6 +29,7 @@ constexpr std::string_view dtype_name(DType t) {
     case DType::F16: return "f16";
     case DType::BF16: return "bf16";
     case DType::I32: return "i32";
+    case DType::Q8: return "q8";
   }
   return "?";
 }

@@ -63,12 +63,17 @@ class KvCache {
   const KvLayout& layout(LayerKind k) const { return k == LayerKind::Local ? local_ : global_; }
   Tensor& k(int layer) { return k_[layer]; }
   Tensor& v(int layer) { return v_[layer]; }
+  // Q8 cache: the per-(slot, kv head) scales of k(layer) / v(layer); null for other dtypes.
+  float* k_scale(int layer) { return ks_.empty() ? nullptr : static_cast<float*>(ks_[layer].data); }
+  float* v_scale(int layer) { return vs_.empty() ? nullptr : static_cast<float*>(vs_[layer].data); }
   int32_t ring_of(SeqId s) const { return seqs_[s].ring; }
   // Writes the first `stride` block ids of `s` into row (zero-padded).
   void fill_table(SeqId s, int32_t* row, int32_t stride) const;
   int32_t max_table_len() const;
 
  private:
+  int64_t slot_bytes() const;
+
   struct Seq {
     bool live = false;
     int32_t length = 0;
@@ -87,6 +92,7 @@ class KvCache {
   std::vector<SeqId> free_seqs_;
   std::vector<int32_t> free_blocks_;
   std::vector<Tensor> k_, v_;
+  std::vector<Tensor> ks_, vs_;  // Q8 scales, [rows, n_kv_heads] f32
 };
 
 }  // namespace hyco

@@ -150,6 +150,8 @@ void Model::forward(const Batch& batch, KvCache& kv, std::vector<float>& logits)
     ap.layout = sp.layout = kv.layout(cfg_.layer_kinds[size_t(l)]);
     ap.k_cache = sp.k_cache = kv.k(l).data;
     ap.v_cache = sp.v_cache = kv.v(l).data;
+    ap.k_scale = sp.k_scale = kv.k_scale(l);
+    ap.v_scale = sp.v_scale = kv.v_scale(l);
     backend_.attention(ap);
     backend_.store_kv(sp);
     backend_.matmul(attn, L.wo, L.bo, x, true);

@@ -74,6 +74,10 @@ struct AttentionParams {
   const void* k_cache = nullptr;  // [n_slots, n_kv_heads*head_dim] of kv_dtype
   const void* v_cache = nullptr;
   DType kv_dtype = DType::F32;
+  // Q8 cache: the scale of each (slot, kv head) row, [n_slots, n_kv_heads] with the backend's
+  // element order inside a group of rows (as for keys); null for other dtypes.
+  const float* k_scale = nullptr;
+  const float* v_scale = nullptr;
   int32_t n_heads = 0, n_kv_heads = 0, head_dim = 0;
   float scale = 1.f;
   KvLayout layout;
@@ -87,6 +91,8 @@ struct StoreKvParams {
   void* k_cache = nullptr;
   void* v_cache = nullptr;
   DType kv_dtype = DType::F32;
+  float* k_scale = nullptr;  // Q8 only, as in AttentionParams
+  float* v_scale = nullptr;
   int32_t n_heads = 0, n_kv_heads = 0, head_dim = 0;
   KvLayout layout;
   StepMeta meta;

@@ -168,6 +168,11 @@ OpCase attention_case(bool local, int sinks, int n_heads, int n_kv, int hd, DTyp
             std::shuffle(perm.begin(), perm.end(), std::mt19937(11));
             const int stride = 4;  // blocks per table row (4 × 64 = 256 positions)
             Tensor K = b.alloc(kv_dtype, slots, kvw), V = b.alloc(kv_dtype, slots, kvw);
+            Tensor KS, VS;  // scales of a Q8 cache
+            if (kv_dtype == DType::Q8) {
+              KS = b.alloc(DType::F32, slots, n_kv);
+              VS = b.alloc(DType::F32, slots, n_kv);
+            }
             (void)R;
             // One step: spans of the given (start position, new tokens); attention + store_kv.
             std::vector<float> out;
@@ -199,6 +204,8 @@ OpCase attention_case(bool local, int sinks, int n_heads, int n_kv, int hd, DTyp
               p.k_cache = K.data;
               p.v_cache = V.data;
               p.kv_dtype = kv_dtype;
+              p.k_scale = static_cast<const float*>(KS.data);
+              p.v_scale = static_cast<const float*>(VS.data);
               p.n_heads = n_heads;
               p.n_kv_heads = n_kv;
               p.head_dim = hd;
@@ -212,6 +219,8 @@ OpCase attention_case(bool local, int sinks, int n_heads, int n_kv, int hd, DTyp
               st.k_cache = K.data;
               st.v_cache = V.data;
               st.kv_dtype = kv_dtype;
+              st.k_scale = static_cast<float*>(KS.data);
+              st.v_scale = static_cast<float*>(VS.data);
               st.n_heads = n_heads;
               st.n_kv_heads = n_kv;
               st.head_dim = hd;
@@ -223,14 +232,15 @@ OpCase attention_case(bool local, int sinks, int n_heads, int n_kv, int hd, DTyp
                 out.insert(out.end(), o.begin(), o.end());
               }
             };
-            // History: 100, 37 and 0 positions (the first wraps its ring), written by store_kv.
-            const int zero[3] = {0, 0, 0}, hist[3] = {100, 37, 0};
+            // History: 100, 70 and 0 positions (the first wraps its ring), written by store_kv.
+            const int zero[3] = {0, 0, 0}, hist[3] = {100, 70, 0};
             step(zero, hist, false);
-            // A decode token deep in the first sequence, a 20-token chunk, a 45-token prompt.
+            // A decode token deep in the first sequence, a 20-token chunk (one tile of its keys
+            // wholly cached, one shared with its own keys), a 45-token prompt.
             const int fresh[3] = {1, 20, 45};
             step(hist, fresh, true);
             // Then one token each, reading what the previous step stored.
-            const int after[3] = {101, 57, 45}, one[3] = {1, 1, 1};
+            const int after[3] = {101, 90, 45}, one[3] = {1, 1, 1};
             step(after, one, true);
             return out;
           }};
@@ -267,14 +277,15 @@ std::vector<OpCase> backend_op_cases() {
   for (int hd : {16, 64, 128}) c.push_back(rope_case(hd, 10000.0));
   c.push_back(rope_case(64, 1e6));
   c.push_back(gather_case());
-  for (DType kv : {DType::F32, DType::BF16}) {
-    c.push_back(attention_case(false, 0, 4, 4, 16, kv));
-    c.push_back(attention_case(true, 0, 4, 2, 32, kv));
-    c.push_back(attention_case(true, 3, 8, 2, 64, kv));
-    c.push_back(attention_case(false, 0, 6, 1, 128, kv));
-    c.push_back(attention_case(true, 2, 2, 2, 24, kv));
-  }
+  for (DType kv : {DType::F32, DType::BF16})
+    for (OpCase& a : attention_cases(kv)) c.push_back(std::move(a));
   return c;
+}
+
+std::vector<OpCase> attention_cases(DType kv) {
+  return {attention_case(false, 0, 4, 4, 16, kv), attention_case(true, 0, 4, 2, 32, kv),
+          attention_case(true, 3, 8, 2, 64, kv), attention_case(false, 0, 6, 1, 128, kv),
+          attention_case(true, 2, 2, 2, 24, kv)};
 }
 
 }  // namespace hyco::test

@@ -19,6 +19,9 @@ struct OpCase {
 };
 
 std::vector<OpCase> backend_op_cases();
+// The attention cases with their cache in `kv_dtype` (Q8 is CPU-only, so backend_op_cases, which
+// every backend runs, leaves it out).
+std::vector<OpCase> attention_cases(DType kv_dtype);
 
 // Σ(a-b)² / Σb²; infinity when sizes differ or a value is not finite.
 double nmse(const std::vector<float>& a, const std::vector<float>& b);

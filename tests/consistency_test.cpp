@@ -61,6 +61,7 @@ std::vector<Case> cases() {
       {"gqa 8:2", tiny_config("LG", 12, 0, 8, 2)},
       {"narrow attention", tiny_config("LG", 8, 0, 2, 1, 16, 96)},
       {"bf16 kv cache", tiny_config("LLLG", 8, 2), DType::BF16},
+      {"q8 kv cache", tiny_config("LLLG", 8, 2), DType::Q8},
   };
 }
 

@@ -59,6 +59,7 @@ float load_as_f32(const void* base, DType t, int64_t i) {
     case DType::BF16: return bf16_to_f32(load_unaligned<uint16_t>(base, i));
     case DType::F16: return f16_to_f32(load_unaligned<uint16_t>(base, i));
     case DType::I32: return float(load_unaligned<int32_t>(base, i));
+    case DType::Q8: return float(load_unaligned<int8_t>(base, i));  // the raw value: scales live apart
   }
   return 0.0f;
 }
@@ -85,7 +86,7 @@ class CpuBackend final : public Backend {
   DType default_matrix_dtype(DType file_dtype) const override {
     return file_dtype == DType::BF16 ? DType::BF16 : DType::F32;
   }
-  bool supports_kv_dtype(DType t) const override { return t == DType::F32 || t == DType::BF16; }
+  bool supports_kv_dtype(DType t) const override { return t == DType::F32 || t == DType::BF16 || t == DType::Q8; }
 
   Tensor alloc(DType dtype, int64_t rows, int64_t cols) override {
     Tensor t;
@@ -361,7 +362,18 @@ class CpuBackend final : public Backend {
         const float* k = row + int64_t(p.n_heads) * p.head_dim;
         const float* v = k + kvw;
         // Keys transposed by group of slots (see k_offset), values row-major.
-        if (p.kv_dtype == DType::BF16) {
+        if (p.kv_dtype == DType::Q8) {
+          int8_t* kd = static_cast<int8_t*>(p.k_cache);
+          int8_t* vd = static_cast<int8_t*>(p.v_cache) + slot * kvw;
+          float q[kMaxHeadDim];
+          for (int32_t g = 0; g < p.n_kv_heads; ++g) {
+            const int64_t e0 = int64_t(g) * p.head_dim;
+            p.k_scale[k_offset(slot, g, p.n_kv_heads)] = q8_row(k + e0, 1, p.head_dim, q);
+            for (int d = 0; d < p.head_dim; ++d) kd[k_offset(slot, e0 + d, kvw)] = int8_t(q[d]);
+            p.v_scale[k_offset(slot, g, p.n_kv_heads)] = q8_row(v + e0, 1, p.head_dim, q);
+            for (int d = 0; d < p.head_dim; ++d) vd[e0 + d] = int8_t(q[d]);
+          }
+        } else if (p.kv_dtype == DType::BF16) {
           uint16_t* kd = static_cast<uint16_t*>(p.k_cache);
           uint16_t* vd = static_cast<uint16_t*>(p.v_cache) + slot * kvw;
           for (int64_t i = 0; i < kvw; ++i) kd[k_offset(slot, i, kvw)] = f32_to_bf16(k[i]);

@@ -18,11 +18,35 @@ namespace hyco::cpu {
 constexpr int kPanel = 64;
 // Keys in the CPU cache are stored transposed by group of kKvGroup slots: element e (of
 // kv_width) of slot s lives at (s / 64) * 64 * kv_width + e * 64 + s % 64, so a tile of 64
-// consecutive positions is a ready [kv_width][64] matrix for QKᵀ. Values stay row-major.
+// consecutive positions is a ready [kv_width][64] matrix for QKᵀ. Values stay row-major. The
+// scales of a Q8 cache (one per slot and kv head, for keys and for values) are transposed the same
+// way (kv_width = n_kv_heads), so a tile's 64 scales of one head are contiguous.
 static inline int64_t k_offset(int64_t slot, int64_t e, int64_t kv_width) {
   return (slot / kKvGroup) * kKvGroup * kv_width + e * kKvGroup + slot % kKvGroup;
 }
 
+// 8-bit KV rows (DType::Q8): n values x (stride apart) become q = round(x · 127 / amax) with the
+// row's scale amax / 127, so q · scale ≈ x. All zero with scale 0 when amax is 0 or not finite.
+// store_kv and the attention kernel (for the step's own keys) both round with these steps, so
+// every path sees the values the cache holds. Returns the scale; q may be null.
+static inline float q8_row(const float* x, int64_t stride, int n, float* q) {
+  float amax = 0.0f;
+  for (int i = 0; i < n; ++i) {
+    const float a = x[i * stride] < 0.0f ? -x[i * stride] : x[i * stride];
+    amax = a > amax ? a : amax;
+  }
+  const bool ok = amax > 0.0f && amax <= 3.4028234663852886e38f;
+  const float inv = ok ? 127.0f / amax : 0.0f;
+  if (q)
+    for (int i = 0; i < n; ++i) {
+      float v = __builtin_nearbyintf(x[i * stride] * inv);
+      v = v > 127.0f ? 127.0f : (v < -127.0f ? -127.0f : v);
+      q[i] = v == v ? v : 0.0f;
+    }
+  return ok ? amax / 127.0f : 0.0f;
+}
+
+constexpr int kMaxHeadDim = 512;  // model_config rejects larger heads
 constexpr int kMaxRows = 32;  // attention: query rows (tokens × heads of one kv head) per task; ≥ n_heads/n_kv_heads
 constexpr int kKeyTile = 64;  // attention: keys per tile
 static_assert(kKeyTile == kKvGroup, "a key tile must be one group of cache slots");
@@ -41,8 +65,8 @@ struct GemmArgs {
 // Floats of per-thread scratch the attention kernel needs for head_dim hd.
 inline int64_t attention_scratch_floats(int hd) {
   const int64_t hdp = (hd + kPanel - 1) / kPanel * kPanel;  // value rows padded for the GEMM tiles
-  return kMaxRows * (hd + hdp) + int64_t(hd) * kKeyTile + kKeyTile * hdp + kMaxRows * kKeyTile + 2 * kMaxRows +
-         2 * int64_t(hd) + 64;
+  return kMaxRows * (hd + hdp) + int64_t(hd) * kKeyTile + kKeyTile * hdp + 2 * kKeyTile + kMaxRows * kKeyTile +
+         2 * kMaxRows + 2 * int64_t(hd) + 64;
 }
 
 // One attention task: query tokens [t0, t1) of span s (all heads of kv head g), against the keys
@@ -59,9 +83,10 @@ struct AttnTask {
   int32_t staged_jb0 = 0;
 };
 inline int64_t attention_partial_floats(int rows, int hd) { return int64_t(rows) * (2 + hd); }
-// Floats of one staged tile: KT[hd][kKeyTile] then V[kKeyTile][hdp].
+// Floats of one staged tile: KT[hd][kKeyTile], V[kKeyTile][hdp], then the keys' and values'
+// scales KS[kKeyTile], VS[kKeyTile] (Q8 cache only; the values are the raw 8-bit ones).
 inline int64_t attention_tile_floats(int hd) {
-  return int64_t(hd) * kKeyTile + int64_t(kKeyTile) * ((hd + kPanel - 1) / kPanel * kPanel);
+  return int64_t(hd) * kKeyTile + int64_t(kKeyTile) * ((hd + kPanel - 1) / kPanel * kPanel) + 2 * kKeyTile;
 }
 
 struct CpuKernels {

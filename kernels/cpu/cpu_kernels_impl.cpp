@@ -99,6 +99,7 @@ inline void store_tile(const float* acc, int mr, float* c, int64_t ldc, int nval
 
 inline float widen(float x) { return x; }
 inline float widen(uint16_t h) { return bf16f(h); }
+inline float widen(int8_t q) { return float(q); }
 
 // b: K rows of kPanel values (f32, or bf16 as in a bf16 cache), ldb apart.
 template <int MR, class BT>
@@ -272,17 +273,43 @@ void mk_h_avx512(const float* a, int64_t lda, const uint16_t* b, int64_t ldb, in
     }
   store_zmm_tile(acc, MR, c, ldc, nvalid, bias, accumulate);
 }
+
+// b: K rows of kPanel 8-bit values (a Q8 cache), ldb apart, widened exactly in registers; each
+// output is the same sum in the same order as over the values widened beforehand.
+template <int MR>
+void mk_q8_avx512(const float* a, int64_t lda, const int8_t* b, int64_t ldb, int64_t K, float* c, int64_t ldc,
+                  int nvalid, const float* bias, bool accumulate) {
+  static_assert(kPanel == 64, "four 16-column quarters per row");
+  __m512 acc[MR][4];
+  for (int r = 0; r < MR; ++r)
+    for (int v = 0; v < 4; ++v) acc[r][v] = _mm512_setzero_ps();
+  for (int64_t k = 0; k < K; ++k) {
+    const int8_t* bk = b + k * ldb;
+    _mm_prefetch(reinterpret_cast<const char*>(bk + 8 * ldb), _MM_HINT_T0);
+    __m512 bv[4];
+    for (int v = 0; v < 4; ++v)
+      bv[v] = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(bk + 16 * v))));
+    for (int r = 0; r < MR; ++r) {
+      const __m512 av = _mm512_set1_ps(a[r * lda + k]);
+      for (int v = 0; v < 4; ++v) acc[r][v] = _mm512_fmadd_ps(av, bv[v], acc[r][v]);
+    }
+  }
+  store_zmm_tile(acc, MR, c, ldc, nvalid, bias, accumulate);
+}
 #endif
 
-// c[MR rows, kPanel cols] (+)= a[MR, K] · b[K, kPanel], b rows ldb apart: f32, or bf16 widened.
+// c[MR rows, kPanel cols] (+)= a[MR, K] · b[K, kPanel], b rows ldb apart: f32, or bf16 / 8-bit
+// widened.
 template <int MR, class BT>
 inline void mk_rows(const float* a, int64_t lda, const BT* b, int64_t ldb, int64_t K, float* c, int64_t ldc,
                     int nvalid, const float* bias, bool accumulate) {
 #if defined(__AVX512F__)
   if constexpr (sizeof(BT) == 4)
     mk_f32_avx512<MR>(a, lda, b, ldb, K, c, ldc, nvalid, bias, accumulate);
-  else
+  else if constexpr (sizeof(BT) == 2)
     mk_h_avx512<MR>(a, lda, b, ldb, K, c, ldc, nvalid, bias, accumulate);
+  else
+    mk_q8_avx512<MR>(a, lda, b, ldb, K, c, ldc, nvalid, bias, accumulate);
 #else
   mk_rows_portable<MR>(a, lda, b, ldb, K, c, ldc, nvalid, bias, accumulate);
 #endif
@@ -489,40 +516,82 @@ struct AttnCtx {
 };
 
 // Head g of key (which = 0) or value (which = 1) at position j, as f32 in dst[d * stride]. Rows
-// of the step come from qkv; earlier ones from the cache. Keys of the step are rounded to what a
-// bf16 cache will hold, so decode and prefill see the same values.
-inline void load_kv(const AttnCtx& c, int32_t j, int which, float* dst, int64_t stride) {
+// of the step come from qkv; earlier ones from the cache. Keys of the step are rounded to what
+// the cache will hold (bf16, or 8 bits), so decode and prefill see the same values. Returns the
+// row's scale: with a Q8 cache dst gets the raw 8-bit values and their product with the scale is
+// the key; 1 otherwise.
+inline float load_kv(const AttnCtx& c, int32_t j, int which, float* dst, int64_t stride) {
   const AttentionParams& p = *c.p;
   const int hd = c.hd;
   const bool bf16 = p.kv_dtype == DType::BF16;
+  const bool q8 = p.kv_dtype == DType::Q8;
   if (j >= c.sp->pos0) {
     const float* row = p.qkv + int64_t(c.sp->tok_start + j - c.sp->pos0) * p.qkv_stride;
     const float* x = row + int64_t(p.n_heads + which * p.n_kv_heads + c.g) * hd;
+    if (q8) {
+      float q[kMaxHeadDim];
+      const float s = q8_row(x, 1, hd, q);
+      for (int d = 0; d < hd; ++d) dst[d * stride] = q[d];
+      return s;
+    }
     for (int d = 0; d < hd; ++d) dst[d * stride] = bf16 ? bf16f(to_bf16(x[d])) : x[d];
-    return;
+    return 1.0f;
   }
   const int64_t kvw = int64_t(p.n_kv_heads) * hd;
   const int64_t slot = kv_slot(p.layout, *c.sp, c.table, j);
   const int64_t e0 = int64_t(c.g) * hd;
-  if (which == 0) {
-    for (int d = 0; d < hd; ++d) {
-      const int64_t o = k_offset(slot, e0 + d, kvw);
-      dst[d * stride] = bf16 ? bf16f(static_cast<const uint16_t*>(p.k_cache)[o]) : static_cast<const float*>(p.k_cache)[o];
-    }
-  } else {
-    const int64_t o = slot * kvw + e0;
-    for (int d = 0; d < hd; ++d)
-      dst[d * stride] = bf16 ? bf16f(static_cast<const uint16_t*>(p.v_cache)[o + d]) : static_cast<const float*>(p.v_cache)[o + d];
+  const void* cache = which == 0 ? p.k_cache : p.v_cache;
+  for (int d = 0; d < hd; ++d) {
+    const int64_t o = which == 0 ? k_offset(slot, e0 + d, kvw) : slot * kvw + e0 + d;
+    dst[d * stride] = q8     ? float(static_cast<const int8_t*>(cache)[o])
+                      : bf16 ? bf16f(static_cast<const uint16_t*>(cache)[o])
+                             : static_cast<const float*>(cache)[o];
   }
+  return q8 ? (which == 0 ? p.k_scale : p.v_scale)[k_offset(slot, c.g, p.n_kv_heads)] : 1.0f;
 }
 
 // Tile scratch for keys [a, b) of a group (columns a..b-1): KT[hd][kKeyTile] and V[kKeyTile][hdp]
-// get the cached keys and values of kv head g widened to f32, every other column zero. `base` is
-// the group's first slot (unused when a == b).
-inline void copy_kv_run(const AttentionParams& p, int64_t base, int g, int a, int b, float* KT, float* V, int64_t hdp) {
+// get the cached keys and values of kv head g widened to f32, every other column zero; with a Q8
+// cache the raw 8-bit values, and KS/VS[kKeyTile] their scales (0 in the other columns). `base`
+// is the group's first slot (unused when a == b).
+inline void copy_kv_run(const AttentionParams& p, int64_t base, int g, int a, int b, float* KT, float* V, int64_t hdp,
+                        float* KS, float* VS) {
   const int hd = p.head_dim;
   const int64_t kvw = int64_t(p.n_kv_heads) * hd;
   const bool bf16 = p.kv_dtype == DType::BF16;
+  if (p.kv_dtype == DType::Q8) {
+    const int8_t* kc = static_cast<const int8_t*>(p.k_cache);
+    const int8_t* vc = static_cast<const int8_t*>(p.v_cache);
+    for (int d = 0; d < hd; ++d) {
+      float* dst = KT + int64_t(d) * kKeyTile;
+      const int64_t o = a < b ? k_offset(base, int64_t(g) * hd + d, kvw) : 0;
+#if defined(__AVX512F__)
+      for (int c = 0; c < kKeyTile; c += 16) {
+        const int n0 = a > c ? a - c : 0, n1 = b - c < 16 ? (b - c > 0 ? b - c : 0) : 16;
+        const __mmask16 m = n1 > n0 ? __mmask16(((1u << n1) - 1) & ~((1u << n0) - 1)) : __mmask16(0);
+        const __m128i x = _mm_maskz_loadu_epi8(m, kc + o + c);
+        _mm512_storeu_ps(dst + c, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(x)));
+      }
+#else
+      for (int c = 0; c < kKeyTile; ++c) dst[c] = c < a || c >= b ? 0.0f : float(kc[o + c]);
+#endif
+    }
+    for (int c = 0; c < kKeyTile; ++c) {
+      float* dst = V + c * hdp;
+      const bool in = c >= a && c < b;
+      const int8_t* src = in ? vc + (base + c) * kvw + int64_t(g) * hd : nullptr;
+      int d = 0;
+#if defined(__AVX512F__)
+      if (in)
+        for (; d + 16 <= hd; d += 16)
+          _mm512_storeu_ps(dst + d, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src + d)))));
+#endif
+      for (; d < hd; ++d) dst[d] = in ? float(src[d]) : 0.0f;
+      KS[c] = in ? p.k_scale[k_offset(base + c, g, p.n_kv_heads)] : 0.0f;
+      VS[c] = in ? p.v_scale[k_offset(base + c, g, p.n_kv_heads)] : 0.0f;
+    }
+    return;
+  }
   for (int d = 0; d < hd; ++d) {
     float* dst = KT + int64_t(d) * kKeyTile;
     const int64_t o = a < b ? k_offset(base, int64_t(g) * hd + d, kvw) : 0;
@@ -576,7 +645,9 @@ void stage_tile(const AttentionParams& p, int32_t s, int32_t g, int32_t jb, floa
   const AttnCtx ctx{&p, &sp, table, g, hd};
   float* KT = dst;
   float* V = dst + int64_t(hd) * kKeyTile;
-  for (int64_t i = 0; i < int64_t(kKeyTile) * hdp; ++i) V[i] = 0.0f;  // value padding stays 0
+  float* KS = V + int64_t(kKeyTile) * hdp;
+  float* VS = KS + kKeyTile;
+  for (int64_t i = 0; i < int64_t(kKeyTile) * (hdp + 2); ++i) V[i] = 0.0f;  // value padding, scales
   const int32_t hi = int32_t(imin(jb + kKeyTile, int64_t(sp.pos0) + sp.n_tokens));
   const int32_t S = local ? p.layout.n_sinks : 0;
   const int32_t c_lo = local ? int32_t(imax(jb, imax(S, int64_t(sp.pos0) - p.layout.window + 1))) : jb;
@@ -587,11 +658,11 @@ void stage_tile(const AttentionParams& p, int32_t s, int32_t g, int32_t jb, floa
     const int64_t b0 = s_lo - (c_lo - jb);
     if (b0 % kKeyTile == 0 && kv_slot(p.layout, sp, table, c_hi - 1) == s_lo + (c_hi - 1 - c_lo)) base = b0;
   }
-  copy_kv_run(p, base, g, base >= 0 ? c_lo - jb : 0, base >= 0 ? c_hi - jb : 0, KT, V, hdp);
+  copy_kv_run(p, base, g, base >= 0 ? c_lo - jb : 0, base >= 0 ? c_hi - jb : 0, KT, V, hdp, KS, VS);
   auto gather = [&](int32_t a, int32_t b) {
     for (int32_t j = a; j < b; ++j) {
-      load_kv(ctx, j, 0, KT + (j - jb), kKeyTile);
-      load_kv(ctx, j, 1, V + int64_t(j - jb) * hdp, 1);
+      KS[j - jb] = load_kv(ctx, j, 0, KT + (j - jb), kKeyTile);
+      VS[j - jb] = load_kv(ctx, j, 1, V + int64_t(j - jb) * hdp, 1);
     }
   };
   if (base < 0) gather(c_lo, c_hi);
@@ -606,6 +677,7 @@ void attention_task(const AttentionParams& p, const AttnTask& task, float* scrat
   const int rows = (task.t1 - task.t0) * n_rep;
   const bool local = p.layout.local;
   const bool bf16 = p.kv_dtype == DType::BF16;
+  const bool q8 = p.kv_dtype == DType::Q8;
   const int64_t kvw = int64_t(p.n_kv_heads) * hd;
   const int32_t W = p.layout.window, S = local ? p.layout.n_sinks : 0;
   const int32_t* table = local ? nullptr : p.meta.global_tables + int64_t(sp.table_row) * p.meta.table_stride;
@@ -616,7 +688,9 @@ void attention_task(const AttentionParams& p, const AttnTask& task, float* scrat
   float* O = Q + kMaxRows * hd;            // [rows, hdp] unnormalised output
   float* KT = O + kMaxRows * hdp;          // [hd, kKeyTile] keys of a tile, transposed
   float* V = KT + int64_t(hd) * kKeyTile;  // [kKeyTile, hdp] values of a tile (padding stays 0)
-  float* Sc = V + int64_t(kKeyTile) * hdp; // [rows, kKeyTile] scores, then weights
+  float* KS = V + int64_t(kKeyTile) * hdp; // [kKeyTile] Q8: scales of the tile's keys
+  float* VS = KS + kKeyTile;               // [kKeyTile] Q8: scales of its values
+  float* Sc = VS + kKeyTile;               // [rows, kKeyTile] scores, then weights
   float* Mx = Sc + kMaxRows * kKeyTile;
   float* Ls = Mx + kMaxRows;
   int32_t rpos[kMaxRows];
@@ -642,12 +716,18 @@ void attention_task(const AttentionParams& p, const AttnTask& task, float* scrat
     if (j0 >= j1) return;
     for (int32_t jb = j0 - j0 % kKeyTile; jb < j1; jb += kKeyTile) {
       const int32_t lo = jb > j0 ? jb : j0, hi = jb + kKeyTile < j1 ? jb + kKeyTile : j1;
-      // A tile of cached keys on one aligned group of slots is read in place (f32, or bf16
-      // widened in the micro-kernel); otherwise it is assembled in KT/V.
+      // A tile of cached keys on one aligned group of slots is read in place (f32, or bf16 / 8
+      // bits widened in the micro-kernel); otherwise it is assembled in KT/V. With a Q8 cache the
+      // scores are the 8-bit keys' dot products times the keys' scales, and the values' scales
+      // go into the weights.
       const float* kt = KT;
       const float* vt = V;
+      const float* ksc = KS;
+      const float* vsc = VS;
       const uint16_t* kt16 = nullptr;  // bf16 cache read in place
       const uint16_t* vt16 = nullptr;
+      const int8_t* kt8 = nullptr;     // Q8 cache read in place
+      const int8_t* vt8 = nullptr;
       int64_t ldk = kKeyTile, ldv = hdp;
       // Cached keys of the tile (before pos0) on consecutive slots of one aligned group: their
       // group's first slot, else -1.
@@ -663,7 +743,16 @@ void attention_task(const AttentionParams& p, const AttnTask& task, float* scrat
         const int64_t kg = (base / kKeyTile) * kKeyTile * kvw + int64_t(task.g) * hd * kKeyTile;
         const int64_t vg = base * kvw + int64_t(task.g) * hd;
         ldv = kvw;
-        if (!bf16) {
+        if (q8 && rows > kMR) {
+          // Many rows (a prefill chunk): widen the tile once rather than once per row block.
+          copy_kv_run(p, base, task.g, 0, kKeyTile, KT, V, hdp, KS, VS);
+          ldv = hdp;
+        } else if (q8) {
+          kt8 = static_cast<const int8_t*>(p.k_cache) + kg;
+          vt8 = static_cast<const int8_t*>(p.v_cache) + vg;
+          ksc = p.k_scale + k_offset(base, task.g, p.n_kv_heads);
+          vsc = p.v_scale + k_offset(base, task.g, p.n_kv_heads);
+        } else if (!bf16) {
           kt = static_cast<const float*>(p.k_cache) + kg;
           vt = static_cast<const float*>(p.v_cache) + vg;
         } else {
@@ -673,20 +762,27 @@ void attention_task(const AttentionParams& p, const AttnTask& task, float* scrat
       } else if (task.staged && jb >= task.staged_jb0) {
         kt = task.staged + int64_t((jb - task.staged_jb0) / kKeyTile) * attention_tile_floats(hd);
         vt = kt + int64_t(hd) * kKeyTile;
+        ksc = vt + int64_t(kKeyTile) * hdp;
+        vsc = ksc + kKeyTile;
       } else {
         // The tile that ends at a decoded token: its cached run is widened at once (all columns
         // zero without one); the step's own keys, and cached keys of odd layouts, are gathered
         // one by one.
-        copy_kv_run(p, base, task.g, base >= 0 ? lo - jb : 0, base >= 0 ? c_hi - jb : 0, KT, V, hdp);
+        copy_kv_run(p, base, task.g, base >= 0 ? lo - jb : 0, base >= 0 ? c_hi - jb : 0, KT, V, hdp, KS, VS);
         for (int32_t j = base >= 0 ? c_hi : lo; j < hi; ++j) {
-          load_kv(ctx, j, 0, KT + (j - jb), kKeyTile);
-          load_kv(ctx, j, 1, V + (j - jb) * hdp, 1);
+          KS[j - jb] = load_kv(ctx, j, 0, KT + (j - jb), kKeyTile);
+          VS[j - jb] = load_kv(ctx, j, 1, V + (j - jb) * hdp, 1);
         }
       }
       if (kt16)
         tile_gemm(rows, Q, hd, kt16, ldk, hd, kKeyTile, Sc, kKeyTile, false);
+      else if (kt8)
+        tile_gemm(rows, Q, hd, kt8, ldk, hd, kKeyTile, Sc, kKeyTile, false);
       else
         tile_gemm(rows, Q, hd, kt, ldk, hd, kKeyTile, Sc, kKeyTile, false);
+      if (q8)
+        for (int r = 0; r < rows; ++r)
+          for (int c = 0; c < kKeyTile; ++c) Sc[r * kKeyTile + c] *= ksc[c];
       // Online softmax: mask, turn scores into weights, rescale what was accumulated.
       int32_t klo[kMaxRows], khi[kMaxRows];
       float corr[kMaxRows];
@@ -702,8 +798,13 @@ void attention_task(const AttentionParams& p, const AttnTask& task, float* scrat
           float* orow = O + r * hdp;
           for (int d = 0; d < hd; ++d) orow[d] *= corr[r];
         }
+      if (q8)
+        for (int r = 0; r < rows; ++r)
+          for (int c = 0; c < kKeyTile; ++c) Sc[r * kKeyTile + c] *= vsc[c];
       if (vt16)
         tile_gemm(rows, Sc, kKeyTile, vt16, ldv, kKeyTile, hd, O, hdp, true);
+      else if (vt8)
+        tile_gemm(rows, Sc, kKeyTile, vt8, ldv, kKeyTile, hd, O, hdp, true);
       else
         tile_gemm(rows, Sc, kKeyTile, vt, ldv, kKeyTile, hd, O, hdp, true);
     }

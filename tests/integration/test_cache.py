@@ -97,3 +97,10 @@ class PrefixReuse(h.ServerTest):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class PrefixReuseQ8(PrefixReuse):
+    """The same with an 8-bit KV cache: reuse, rollback and fresh computation must still agree
+    exactly (the kernels round the step's own keys as the cache stores them)."""
+
+    SERVER_ARGS = PrefixReuse.SERVER_ARGS + ("--kv-dtype", "q8")
