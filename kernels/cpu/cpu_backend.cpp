@@ -274,7 +274,8 @@ class CpuBackend final : public Backend {
       const int32_t n_tiles = (sp.pos0 + sp.n_tokens - 1 - jb0) / kKeyTile + 1;
       for (int32_t g = 0; g < p.n_kv_heads; ++g) {
         staged_at_[size_t(s) * size_t(p.n_kv_heads) + size_t(g)] = staged_floats;
-        for (int32_t i = 0; i < n_tiles; ++i) stage_jobs_.push_back({s, g, jb0 + i * kKeyTile, staged_floats});
+        for (int32_t i = 0; i < n_tiles; ++i)
+          stage_jobs_.push_back({s, g, jb0 + i * kKeyTile, staged_floats + i * tile_floats});
         staged_floats += n_tiles * tile_floats;
       }
     }
@@ -282,9 +283,7 @@ class CpuBackend final : public Backend {
       if (staged_.size() < size_t(staged_floats)) staged_.resize(size_t(staged_floats));
       pool_.run_tasks(int64_t(stage_jobs_.size()), [&](int64_t i, int) {
         const StageJob& j = stage_jobs_[size_t(i)];
-        const SeqSpan& sp = p.meta.spans[j.s];
-        const int64_t tile = (j.jb - (sp.pos0 - sp.pos0 % kKeyTile)) / kKeyTile;
-        k_->stage_tile(p, j.s, j.g, j.jb, staged_.data() + j.offset + tile * tile_floats);
+        k_->stage_tile(p, j.s, j.g, j.jb, staged_.data() + j.offset);
       });
       for (AttnTask& t : tasks_) {
         const int64_t at = staged_at_[size_t(t.s) * size_t(p.n_kv_heads) + size_t(t.g)];
@@ -368,9 +367,9 @@ class CpuBackend final : public Backend {
           float q[kMaxHeadDim];
           for (int32_t g = 0; g < p.n_kv_heads; ++g) {
             const int64_t e0 = int64_t(g) * p.head_dim;
-            p.k_scale[k_offset(slot, g, p.n_kv_heads)] = q8_row(k + e0, 1, p.head_dim, q);
+            p.k_scale[k_offset(slot, g, p.n_kv_heads)] = q8_row(k + e0, p.head_dim, q);
             for (int d = 0; d < p.head_dim; ++d) kd[k_offset(slot, e0 + d, kvw)] = int8_t(q[d]);
-            p.v_scale[k_offset(slot, g, p.n_kv_heads)] = q8_row(v + e0, 1, p.head_dim, q);
+            p.v_scale[k_offset(slot, g, p.n_kv_heads)] = q8_row(v + e0, p.head_dim, q);
             for (int d = 0; d < p.head_dim; ++d) vd[e0 + d] = int8_t(q[d]);
           }
         } else if (p.kv_dtype == DType::BF16) {
@@ -485,7 +484,7 @@ class CpuBackend final : public Backend {
   std::vector<float> partial_;
   struct StageJob {
     int32_t s, g, jb;
-    int64_t offset;  // of the (span, kv head)'s first tile in staged_
+    int64_t offset;  // of its tile in staged_
   };
   std::vector<StageJob> stage_jobs_;
   std::vector<int64_t> staged_at_;  // [span][kv head]: offset of its first staged tile, or -1

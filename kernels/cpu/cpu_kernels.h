@@ -25,24 +25,23 @@ static inline int64_t k_offset(int64_t slot, int64_t e, int64_t kv_width) {
   return (slot / kKvGroup) * kKvGroup * kv_width + e * kKvGroup + slot % kKvGroup;
 }
 
-// 8-bit KV rows (DType::Q8): n values x (stride apart) become q = round(x · 127 / amax) with the
+// 8-bit KV rows (DType::Q8): n values x become q = round(x · 127 / amax) (as floats) with the
 // row's scale amax / 127, so q · scale ≈ x. All zero with scale 0 when amax is 0 or not finite.
 // store_kv and the attention kernel (for the step's own keys) both round with these steps, so
-// every path sees the values the cache holds. Returns the scale; q may be null.
-static inline float q8_row(const float* x, int64_t stride, int n, float* q) {
+// every path sees the values the cache holds. Returns the scale.
+static inline float q8_row(const float* x, int n, float* q) {
   float amax = 0.0f;
   for (int i = 0; i < n; ++i) {
-    const float a = x[i * stride] < 0.0f ? -x[i * stride] : x[i * stride];
+    const float a = x[i] < 0.0f ? -x[i] : x[i];
     amax = a > amax ? a : amax;
   }
   const bool ok = amax > 0.0f && amax <= 3.4028234663852886e38f;
   const float inv = ok ? 127.0f / amax : 0.0f;
-  if (q)
-    for (int i = 0; i < n; ++i) {
-      float v = __builtin_nearbyintf(x[i * stride] * inv);
-      v = v > 127.0f ? 127.0f : (v < -127.0f ? -127.0f : v);
-      q[i] = v == v ? v : 0.0f;
-    }
+  for (int i = 0; i < n; ++i) {
+    float v = __builtin_nearbyintf(x[i] * inv);
+    v = v > 127.0f ? 127.0f : (v < -127.0f ? -127.0f : v);
+    q[i] = v == v ? v : 0.0f;
+  }
   return ok ? amax / 127.0f : 0.0f;
 }
 

@@ -530,7 +530,7 @@ inline float load_kv(const AttnCtx& c, int32_t j, int which, float* dst, int64_t
     const float* x = row + int64_t(p.n_heads + which * p.n_kv_heads + c.g) * hd;
     if (q8) {
       float q[kMaxHeadDim];
-      const float s = q8_row(x, 1, hd, q);
+      const float s = q8_row(x, hd, q);
       for (int d = 0; d < hd; ++d) dst[d * stride] = q[d];
       return s;
     }
