@@ -559,39 +559,7 @@ inline void copy_kv_run(const AttentionParams& p, int64_t base, int g, int a, in
   const int hd = p.head_dim;
   const int64_t kvw = int64_t(p.n_kv_heads) * hd;
   const bool bf16 = p.kv_dtype == DType::BF16;
-  if (p.kv_dtype == DType::Q8) {
-    const int8_t* kc = static_cast<const int8_t*>(p.k_cache);
-    const int8_t* vc = static_cast<const int8_t*>(p.v_cache);
-    for (int d = 0; d < hd; ++d) {
-      float* dst = KT + int64_t(d) * kKeyTile;
-      const int64_t o = a < b ? k_offset(base, int64_t(g) * hd + d, kvw) : 0;
-#if defined(__AVX512F__)
-      for (int c = 0; c < kKeyTile; c += 16) {
-        const int n0 = a > c ? a - c : 0, n1 = b - c < 16 ? (b - c > 0 ? b - c : 0) : 16;
-        const __mmask16 m = n1 > n0 ? __mmask16(((1u << n1) - 1) & ~((1u << n0) - 1)) : __mmask16(0);
-        const __m128i x = _mm_maskz_loadu_epi8(m, kc + o + c);
-        _mm512_storeu_ps(dst + c, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(x)));
-      }
-#else
-      for (int c = 0; c < kKeyTile; ++c) dst[c] = c < a || c >= b ? 0.0f : float(kc[o + c]);
-#endif
-    }
-    for (int c = 0; c < kKeyTile; ++c) {
-      float* dst = V + c * hdp;
-      const bool in = c >= a && c < b;
-      const int8_t* src = in ? vc + (base + c) * kvw + int64_t(g) * hd : nullptr;
-      int d = 0;
-#if defined(__AVX512F__)
-      if (in)
-        for (; d + 16 <= hd; d += 16)
-          _mm512_storeu_ps(dst + d, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src + d)))));
-#endif
-      for (; d < hd; ++d) dst[d] = in ? float(src[d]) : 0.0f;
-      KS[c] = in ? p.k_scale[k_offset(base + c, g, p.n_kv_heads)] : 0.0f;
-      VS[c] = in ? p.v_scale[k_offset(base + c, g, p.n_kv_heads)] : 0.0f;
-    }
-    return;
-  }
+  const bool q8 = p.kv_dtype == DType::Q8;
   for (int d = 0; d < hd; ++d) {
     float* dst = KT + int64_t(d) * kKeyTile;
     const int64_t o = a < b ? k_offset(base, int64_t(g) * hd + d, kvw) : 0;
@@ -600,7 +568,9 @@ inline void copy_kv_run(const AttentionParams& p, int64_t base, int g, int a, in
       const int n0 = a > c ? a - c : 0, n1 = b - c < 16 ? (b - c > 0 ? b - c : 0) : 16;
       const __mmask16 m = n1 > n0 ? __mmask16(((1u << n1) - 1) & ~((1u << n0) - 1)) : __mmask16(0);
       __m512 x;
-      if (bf16) {
+      if (q8) {
+        x = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(m, static_cast<const int8_t*>(p.k_cache) + o + c)));
+      } else if (bf16) {
         const __m256i h = _mm256_maskz_loadu_epi16(m, static_cast<const uint16_t*>(p.k_cache) + o + c);
         x = _mm512_castsi512_ps(_mm512_maskz_slli_epi32(m, _mm512_maskz_cvtepu16_epi32(m, h), 16));
       } else {
@@ -611,18 +581,32 @@ inline void copy_kv_run(const AttentionParams& p, int64_t base, int g, int a, in
 #else
     for (int c = 0; c < kKeyTile; ++c)
       dst[c] = c < a || c >= b ? 0.0f
+               : q8           ? float(static_cast<const int8_t*>(p.k_cache)[o + c])
                : bf16         ? bf16f(static_cast<const uint16_t*>(p.k_cache)[o + c])
                               : static_cast<const float*>(p.k_cache)[o + c];
 #endif
   }
   for (int c = 0; c < kKeyTile; ++c) {
     float* dst = V + c * hdp;
-    if (c < a || c >= b) {
+    const bool in = c >= a && c < b;
+    if (q8) {
+      KS[c] = in ? p.k_scale[k_offset(base + c, g, p.n_kv_heads)] : 0.0f;
+      VS[c] = in ? p.v_scale[k_offset(base + c, g, p.n_kv_heads)] : 0.0f;
+    }
+    if (!in) {
       for (int d = 0; d < hd; ++d) dst[d] = 0.0f;
       continue;
     }
     const int64_t o = (base + c) * kvw + int64_t(g) * hd;
-    if (bf16) {
+    if (q8) {
+      const int8_t* src = static_cast<const int8_t*>(p.v_cache) + o;
+      int d = 0;
+#if defined(__AVX512F__)
+      for (; d + 16 <= hd; d += 16)
+        _mm512_storeu_ps(dst + d, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src + d)))));
+#endif
+      for (; d < hd; ++d) dst[d] = float(src[d]);
+    } else if (bf16) {
       const uint16_t* src = static_cast<const uint16_t*>(p.v_cache) + o;
       for (int d = 0; d < hd; ++d) dst[d] = bf16f(src[d]);
     } else {
