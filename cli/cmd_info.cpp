@@ -40,13 +40,15 @@ int run_info(const InfoArgs& a) {
   std::printf("rope          theta %g, scale %g; rms eps %g; tied embeddings %s\n", c.rope_theta, c.rope_scale,
               double(c.rms_eps), c.tie_embeddings ? "yes" : "no");
   if (c.n_ctx_train) std::printf("context       %d (max_position_embeddings)\n", c.n_ctx_train);
-  const size_t elem = 2;  // bf16/f16 KV; f32 doubles every figure
-  std::printf("KV per token  %s at bf16 in global layers; local layers hold at most %d positions\n",
-              human_bytes(double(2 * int64_t(c.kv_width()) * elem * c.n_layers_of(LayerKind::Global))).c_str(),
+  // auto: bf16 (f32 only for f32 matrices on the CPU, which needs the backend to tell).
+  const DType kv = parse_dtype_option(a.engine.kv_dtype, "--kv-dtype", true).value_or(DType::BF16);
+  const char* kv_name = dtype_name(kv).data();
+  std::printf("KV per token  %s at %s in global layers; local layers hold at most %d positions\n",
+              human_bytes(double(c.kv_position_bytes(kv) * c.n_layers_of(LayerKind::Global))).c_str(), kv_name,
               c.window + c.n_sinks + a.engine.kv_rollback);
-  std::printf("KV per sequence (bf16, rollback reserve %d):\n", a.engine.kv_rollback);
+  std::printf("KV per sequence (%s, rollback reserve %d):\n", kv_name, a.engine.kv_rollback);
   for (int64_t n : {1024, 4096, 8192, 16384, 32768, 131072}) {
-    int64_t b = c.kv_bytes(n, elem, a.engine.kv_rollback);
+    int64_t b = c.kv_bytes(n, kv, a.engine.kv_rollback);
     std::printf("  %7lld tokens  %12s  (%s/token)\n", (long long)n, human_bytes(double(b)).c_str(),
                 human_bytes(double(b) / double(n)).c_str());
   }

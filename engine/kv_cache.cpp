@@ -26,7 +26,7 @@ KvCache::KvCache(const ModelConfig& model, Backend& backend, const KvCacheConfig
   if (cfg.rollback < 0) throw InvalidArgument("KV rollback reserve must not be negative");
   if (cfg.block_size < 1) throw InvalidArgument("KV block size must be positive");
   const bool q8 = cfg.dtype == DType::Q8;
-  const int64_t row_bytes = slot_bytes();
+  const int64_t row_bytes = model.kv_position_bytes(cfg.dtype);
   const int n_local = model.n_layers_of(LayerKind::Local), n_global = model.n_layers_of(LayerKind::Global);
   has_local_ = n_local > 0;
   has_global_ = n_global > 0;
@@ -92,12 +92,6 @@ int64_t KvCache::blocks_missing(SeqId s, int32_t n) const {
   return std::max<int64_t>(0, blocks_for(n) - int64_t(seqs_[s].blocks.size()));
 }
 
-int64_t KvCache::slot_bytes() const {
-  // K and V of one slot of one layer, with their scales (one f32 per kv head) in a Q8 cache.
-  const int64_t scales = cfg_.dtype == DType::Q8 ? 4 * int64_t(model_.n_kv_heads) : 0;
-  return (int64_t(model_.kv_width()) * int64_t(dtype_size(cfg_.dtype)) + scales) * 2;
-}
-
 int64_t KvCache::bytes_used() const {
   if (bytes_total_ == 0) return 0;
   int64_t live = 0, blocks = 0;
@@ -106,7 +100,7 @@ int64_t KvCache::bytes_used() const {
       ++live;
       blocks += int64_t(s.blocks.size());
     }
-  const int64_t row_bytes = slot_bytes();
+  const int64_t row_bytes = model_.kv_position_bytes(cfg_.dtype);
   const int64_t ring_bytes = has_local_ ? (int64_t(local_.sink_slots) + local_.ring_len) * row_bytes *
                                               model_.n_layers_of(LayerKind::Local)
                                         : 0;

@@ -72,8 +72,6 @@ class KvCache {
   int32_t max_table_len() const;
 
  private:
-  int64_t slot_bytes() const;
-
   struct Seq {
     bool live = false;
     int32_t length = 0;

@@ -107,8 +107,13 @@ int64_t ModelConfig::n_params() const {
   return per_layer * n_layers + emb * (tie_embeddings ? 1 : 2) + d_model;
 }
 
-int64_t ModelConfig::kv_bytes(int64_t n_ctx, size_t elem_size, int reserve) const {
-  int64_t per_pos = 2 * int64_t(kv_width()) * int64_t(elem_size);
+int64_t ModelConfig::kv_position_bytes(DType dtype) const {
+  const int64_t scales = dtype == DType::Q8 ? 4 * int64_t(n_kv_heads) : 0;
+  return 2 * (int64_t(kv_width()) * int64_t(dtype_size(dtype)) + scales);
+}
+
+int64_t ModelConfig::kv_bytes(int64_t n_ctx, DType dtype, int reserve) const {
+  const int64_t per_pos = kv_position_bytes(dtype);
   int64_t local_slots = std::min<int64_t>(n_ctx, int64_t(n_sinks) + window + reserve);
   return per_pos * (n_ctx * n_layers_of(LayerKind::Global) + local_slots * n_layers_of(LayerKind::Local));
 }

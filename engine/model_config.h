@@ -44,9 +44,12 @@ struct ModelConfig {
   int n_layers_of(LayerKind k) const;
   // Parameters, counting a tied embedding once.
   int64_t n_params() const;
-  // Bytes of K and V cached per sequence at context length n_ctx, for elements of elem_size bytes:
-  // global layers hold n_ctx positions, local layers min(n_ctx, S + W + reserve).
-  int64_t kv_bytes(int64_t n_ctx, size_t elem_size, int reserve = 0) const;
+  // Bytes of K and V of one position in one layer in a cache of `dtype` (a Q8 cache adds one f32
+  // scale per kv head to each).
+  int64_t kv_position_bytes(DType dtype) const;
+  // Bytes of K and V cached per sequence at context length n_ctx: global layers hold n_ctx
+  // positions, local layers min(n_ctx, S + W + reserve).
+  int64_t kv_bytes(int64_t n_ctx, DType dtype, int reserve = 0) const;
   // "LLLG LLLG" — one letter per layer, grouped by four.
   std::string pattern_string() const;
 };

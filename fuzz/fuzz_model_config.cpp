@@ -25,7 +25,7 @@ void use_config(const ModelConfig& c) {
   FUZZ_CHECK(c.n_layers_of(LayerKind::Global) + c.n_layers_of(LayerKind::Local) == c.n_layers);
   FUZZ_CHECK(c.n_layers_of(LayerKind::Local) == 0 || c.window > 0);
   FUZZ_CHECK(c.n_params() > 0);
-  FUZZ_CHECK(c.kv_bytes(4096, 2, 16) >= 0);
+  FUZZ_CHECK(c.kv_bytes(4096, DType::BF16, 16) >= 0);
   FUZZ_CHECK(c.pattern_string().size() >= c.layer_kinds.size());
 }
 

@@ -243,3 +243,22 @@ TEST_CASE("blocks reserved ahead of time (as the scheduler does) do not change t
   auto reserved = e.feed(*kv2, s, toks, 7);
   CHECK(max_abs_diff(plain, reserved) == 0.0f);
 }
+
+TEST_CASE("a sequence's KV cache holds the bytes ModelConfig::kv_bytes counts, in every dtype", "[consistency]") {
+  // Window 8 + reserve 56 fill one group of ring slots exactly and 128 positions fill whole
+  // blocks, so nothing is rounded up and the two counts must agree to the byte.
+  const ModelConfig c = hyco::test::tiny_config("LLLG", 8);
+  int64_t bf16 = 0, q8 = 0;
+  for (DType dt : {DType::F32, DType::BF16, DType::Q8}) {
+    Engine e(c, dt, 56);
+    auto kv = e.cache();
+    SeqId s = *kv->create();
+    REQUIRE(kv->reserve(s, 128));
+    INFO(dtype_name(dt));
+    CHECK(kv->bytes_used() == c.kv_bytes(128, dt, 56));
+    if (dt == DType::BF16) bf16 = kv->bytes_used();
+    if (dt == DType::Q8) q8 = kv->bytes_used();
+  }
+  // 8 bits and a 4-byte scale per 16-value head row: (16 + 4) / 32 of bf16.
+  CHECK(q8 * 32 == bf16 * 20);
+}
