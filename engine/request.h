@@ -52,6 +52,7 @@ struct Chunk {
   std::vector<TokenOut> tokens;
   std::vector<TokenOut> prompt;  // prompt_logprobs: prompt tokens 1.. with their log-probabilities
   Clock::time_point at;
+  int32_t slot = -1;              // the scheduler slot (as /slots lists them) serving the request
 };
 
 enum class FinishReason { Stop, Length, Cancelled, Error };
@@ -67,6 +68,7 @@ struct Finish {
   int32_t n_generated = 0;
   double queue_ms = 0, prompt_ms = 0, predict_ms = 0;  // waiting, prompt processing, generation
   double ttft_ms = 0;         // submission to first token
+  int32_t slot = -1;          // the slot that served it; -1 if it never got one
 };
 
 using Event = std::variant<Chunk, Finish>;

@@ -322,6 +322,7 @@ bool Scheduler::run_batch() {
         c.prompt.push_back(std::move(t));
       }
       c.at = now;
+      c.slot = a.slot;
       a.handle->push(std::move(c));
       row += size_t(sp.n_tokens) - 1;  // now the span's last row
       if (!sp.logits_last) {
@@ -386,6 +387,7 @@ void Scheduler::sample_and_emit(Active& a, std::span<float> row) {
   }
   if (!a.chunk.text.empty() || !tok_) {
     a.chunk.at = now;
+    a.chunk.slot = a.slot;
     a.handle->push(std::move(a.chunk));
     a.chunk = Chunk{};
   }
@@ -408,6 +410,7 @@ void Scheduler::finish(Active& a, FinishReason reason, const std::string& stop_t
   }
   if (!a.chunk.text.empty() || !a.chunk.tokens.empty()) {
     a.chunk.at = Clock::now();
+    a.chunk.slot = a.slot;
     a.handle->push(std::move(a.chunk));
     a.chunk = Chunk{};
   }
@@ -419,6 +422,7 @@ void Scheduler::finish(Active& a, FinishReason reason, const std::string& stop_t
   f.n_prompt = a.n_prompt;
   f.n_cached = a.n_cached;
   f.n_generated = a.n_generated;
+  f.slot = a.slot;
   const auto now = Clock::now();
   f.queue_ms = ms_between(a.t_submit, a.t_admit);
   const auto prompt_done = a.t_prompt_done == Clock::time_point() ? now : a.t_prompt_done;

@@ -43,7 +43,7 @@ class LlamaCppFormatter : public CompletionFormatter {
               {"content", c.text},
               {"tokens", ids(c.tokens)},
               {"stop", false},
-              {"id_slot", -1},
+              {"id_slot", c.slot},
               {"tokens_predicted", st.tokens.size()},
               {"tokens_evaluated", st.n_prompt}};
     if (g_.sampling.n_probs > 0) j["completion_probabilities"] = probs_json(*info_.tok, c.tokens);
@@ -88,7 +88,7 @@ class LlamaCppFormatter : public CompletionFormatter {
     json j = {{"index", i},
               {"content", st.text},
               {"tokens", ids(st.tokens)},
-              {"id_slot", -1},
+              {"id_slot", f.slot},
               {"stop", true},
               {"model", info_.model_name},
               {"tokens_predicted", f.n_generated},

@@ -168,7 +168,7 @@ class LlamaCppRoutes(h.ServerTest, Shapes):
     FINAL = {"content": str, "tokens": list, "stop": bool, "stop_type": str, "stopping_word": str,
              "tokens_cached": int, "tokens_evaluated": int, "tokens_predicted": int,
              "truncated": bool, "timings": dict, "generation_settings": dict, "model": str,
-             "index": int, "has_new_line": bool}
+             "index": int, "has_new_line": bool, "id_slot": int}
     TIMINGS = {"prompt_n": int, "prompt_ms": NUM, "prompt_per_token_ms": NUM,
                "prompt_per_second": NUM, "predicted_n": int, "predicted_ms": NUM,
                "predicted_per_token_ms": NUM, "predicted_per_second": NUM}
@@ -179,6 +179,7 @@ class LlamaCppRoutes(h.ServerTest, Shapes):
         self.assertIn(r["stop_type"], ("eos", "word", "limit", "none"))
         self.assertFields(r["timings"], self.TIMINGS, where + " timings")
         self.assertEqual(r["timings"]["predicted_n"], r["tokens_predicted"])
+        self.assertIn(r["id_slot"], (0, 1), where)  # a slot /slots lists (--parallel 2)
 
     def test_completion(self):
         r = self.server.post_json("/completion", {
@@ -212,9 +213,10 @@ class LlamaCppRoutes(h.ServerTest, Shapes):
         *parts, final = events
         self.assertTrue(parts)
         for e in parts:
-            self.assertFields(e, {"content": str, "stop": bool, "index": int, "tokens": list})
+            self.assertFields(e, {"content": str, "stop": bool, "index": int, "tokens": list, "id_slot": int})
             self.assertIs(e["stop"], False)
         self.check_final(final, "/completion stream end")
+        self.assertEqual({e["id_slot"] for e in events}, {final["id_slot"]})
         self.assertEqual(final["content"], "")
 
     def test_infill(self):
