@@ -20,7 +20,9 @@ std::string mib(int64_t bytes) {
 KvCache::KvCache(const ModelConfig& model, Backend& backend, const KvCacheConfig& cfg) : model_(model), cfg_(cfg) {
   if (!backend.supports_kv_dtype(cfg.dtype))
     throw InvalidArgument("the " + backend.name() + " backend cannot hold the KV cache in " +
-                          std::string(dtype_name(cfg.dtype)));
+                          std::string(dtype_name(cfg.dtype)) +
+                          (cfg.dtype == DType::Q8 ? " (q8 is CPU-only: use --device cpu, or --kv-dtype bf16)"
+                                                  : " (choose another --kv-dtype)"));
   if (cfg.n_seqs < 1) throw InvalidArgument("KV cache needs at least one sequence");
   if (cfg.n_ctx < 1) throw InvalidArgument("KV cache context must be positive");
   if (cfg.rollback < 0) throw InvalidArgument("KV rollback reserve must not be negative");

@@ -4,6 +4,7 @@
 #include <memory>
 
 #include "engine/backend.h"
+#include "engine/errors.h"
 #include "engine/kv_cache.h"
 #include "engine/model.h"
 #include "engine/prefix_cache.h"
@@ -261,4 +262,16 @@ TEST_CASE("a sequence's KV cache holds the bytes ModelConfig::kv_bytes counts, i
   }
   // 8 bits and a 4-byte scale per 16-value head row: (16 + 4) / 32 of bf16.
   CHECK(q8 * 32 == bf16 * 20);
+}
+
+TEST_CASE("a KV dtype the backend cannot hold is refused with a clear error", "[consistency]") {
+  Engine e(hyco::test::tiny_config("LG"), DType::F16);  // the CPU backend keeps f32, bf16 or q8
+  try {
+    e.cache();
+    FAIL("an f16 KV cache was accepted by the CPU backend");
+  } catch (const InvalidArgument& x) {
+    const std::string m = x.what();
+    CHECK(m.find("cpu backend cannot hold the KV cache in f16") != std::string::npos);
+    CHECK(m.find("--kv-dtype") != std::string::npos);
+  }
 }

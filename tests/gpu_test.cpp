@@ -2,6 +2,8 @@
 // end-to-end logits and greedy tokens of the reference suite, and the consistency properties
 // (token-by-token decode equals one prefill, ragged batch equals each sequence alone).
 // Skipped, with a message, on machines without a usable GPU.
+#include "engine/errors.h"
+#include "engine/kv_cache.h"
 #include "kernels/cuda/cuda_backend.h"
 #include "tests/backend_op_cases.h"
 #include "tests/catch.hpp"
@@ -68,5 +70,20 @@ TEST_CASE("on the GPU, decode equals prefill and a ragged batch equals each sequ
       CHECK(max_abs_diff(prefill, decode) <= 1e-4f * max_abs(prefill));
       CHECK(max_abs_diff(prefill, chunks) <= 1e-4f * max_abs(prefill));
     }
+  }
+}
+
+TEST_CASE("the CUDA backend refuses an 8-bit KV cache and says what to use", "[gpu]") {
+  if (!gpu_or_skip()) return;
+  auto gpu = make_cuda_backend();
+  KvCacheConfig kc;
+  kc.dtype = DType::Q8;
+  kc.n_seqs = 1;
+  kc.n_ctx = 64;
+  try {
+    KvCache kv(tiny_config("LG"), *gpu, kc);
+    FAIL("a q8 KV cache was accepted on the GPU");
+  } catch (const InvalidArgument& e) {
+    CHECK(std::string(e.what()).find("--device cpu") != std::string::npos);
   }
 }
