@@ -348,41 +348,48 @@ class CpuBackend final : public Backend {
 
   void store_kv(const StoreKvParams& p) override {
     const int64_t kvw = int64_t(p.n_kv_heads) * p.head_dim;
-    for (int32_t s = 0; s < p.meta.n_spans; ++s) {
-      const SeqSpan& sp = p.meta.spans[s];
-      const int32_t* table = p.layout.local ? nullptr : p.meta.global_tables + int64_t(sp.table_row) * p.meta.table_stride;
-      const int32_t end = sp.pos0 + sp.n_tokens;
-      for (int32_t t = 0; t < sp.n_tokens; ++t) {
-        const int32_t pos = sp.pos0 + t;
-        // A ring position that a later token of this step overwrites need not be written.
-        if (p.layout.local && pos >= p.layout.n_sinks && pos < end - p.layout.ring_len) continue;
-        const int64_t slot = kv_slot(p.layout, sp, table, pos);
-        const float* row = p.qkv + int64_t(sp.tok_start + t) * p.qkv_stride;
-        const float* k = row + int64_t(p.n_heads) * p.head_dim;
-        const float* v = k + kvw;
-        // Keys transposed by group of slots (see k_offset), values row-major.
-        if (p.kv_dtype == DType::Q8) {
-          int8_t* kd = static_cast<int8_t*>(p.k_cache);
-          int8_t* vd = static_cast<int8_t*>(p.v_cache) + slot * kvw;
-          float q[kMaxHeadDim];
-          for (int32_t g = 0; g < p.n_kv_heads; ++g) {
-            const int64_t e0 = int64_t(g) * p.head_dim;
-            p.k_scale[k_offset(slot, g, p.n_kv_heads)] = q8_row(k + e0, p.head_dim, q);
-            for (int d = 0; d < p.head_dim; ++d) kd[k_offset(slot, e0 + d, kvw)] = int8_t(q[d]);
-            p.v_scale[k_offset(slot, g, p.n_kv_heads)] = q8_row(v + e0, p.head_dim, q);
-            for (int d = 0; d < p.head_dim; ++d) vd[e0 + d] = int8_t(q[d]);
-          }
-        } else if (p.kv_dtype == DType::BF16) {
-          uint16_t* kd = static_cast<uint16_t*>(p.k_cache);
-          uint16_t* vd = static_cast<uint16_t*>(p.v_cache) + slot * kvw;
-          for (int64_t i = 0; i < kvw; ++i) kd[k_offset(slot, i, kvw)] = f32_to_bf16(k[i]);
-          for (int64_t i = 0; i < kvw; ++i) vd[i] = f32_to_bf16(v[i]);
-        } else {
-          float* kd = static_cast<float*>(p.k_cache);
-          for (int64_t i = 0; i < kvw; ++i) kd[k_offset(slot, i, kvw)] = k[i];
-          std::memcpy(static_cast<float*>(p.v_cache) + slot * kvw, v, size_t(kvw) * 4);
-        }
+    // Rows of the step write distinct slots (a ring position that a later token overwrites is
+    // skipped), so they are stored in parallel.
+    rows_parallel(p.meta.n_tokens, 16 * kvw, [&](int64_t r0, int64_t r1) {
+      for (int32_t s = 0; s < p.meta.n_spans; ++s) {
+        const SeqSpan& sp = p.meta.spans[s];
+        const int64_t a = std::max<int64_t>(r0, sp.tok_start), b = std::min<int64_t>(r1, sp.tok_start + sp.n_tokens);
+        for (int64_t r = a; r < b; ++r) store_kv_row(p, sp, int32_t(r - sp.tok_start), kvw);
       }
+    });
+  }
+
+  // Token t of span sp into its cache slot.
+  static void store_kv_row(const StoreKvParams& p, const SeqSpan& sp, int32_t t, int64_t kvw) {
+    const int32_t pos = sp.pos0 + t;
+    // A ring position that a later token of this step overwrites need not be written.
+    if (p.layout.local && pos >= p.layout.n_sinks && pos < sp.pos0 + sp.n_tokens - p.layout.ring_len) return;
+    const int32_t* table = p.layout.local ? nullptr : p.meta.global_tables + int64_t(sp.table_row) * p.meta.table_stride;
+    const int64_t slot = kv_slot(p.layout, sp, table, pos);
+    const float* row = p.qkv + int64_t(sp.tok_start + t) * p.qkv_stride;
+    const float* k = row + int64_t(p.n_heads) * p.head_dim;
+    const float* v = k + kvw;
+    // Keys transposed by group of slots (see k_offset), values row-major.
+    if (p.kv_dtype == DType::Q8) {
+      int8_t* kd = static_cast<int8_t*>(p.k_cache);
+      int8_t* vd = static_cast<int8_t*>(p.v_cache) + slot * kvw;
+      float q[kMaxHeadDim];
+      for (int32_t g = 0; g < p.n_kv_heads; ++g) {
+        const int64_t e0 = int64_t(g) * p.head_dim;
+        p.k_scale[k_offset(slot, g, p.n_kv_heads)] = q8_row(k + e0, p.head_dim, q);
+        for (int d = 0; d < p.head_dim; ++d) kd[k_offset(slot, e0 + d, kvw)] = int8_t(q[d]);
+        p.v_scale[k_offset(slot, g, p.n_kv_heads)] = q8_row(v + e0, p.head_dim, q);
+        for (int d = 0; d < p.head_dim; ++d) vd[e0 + d] = int8_t(q[d]);
+      }
+    } else if (p.kv_dtype == DType::BF16) {
+      uint16_t* kd = static_cast<uint16_t*>(p.k_cache);
+      uint16_t* vd = static_cast<uint16_t*>(p.v_cache) + slot * kvw;
+      for (int64_t i = 0; i < kvw; ++i) kd[k_offset(slot, i, kvw)] = f32_to_bf16(k[i]);
+      for (int64_t i = 0; i < kvw; ++i) vd[i] = f32_to_bf16(v[i]);
+    } else {
+      float* kd = static_cast<float*>(p.k_cache);
+      for (int64_t i = 0; i < kvw; ++i) kd[k_offset(slot, i, kvw)] = k[i];
+      std::memcpy(static_cast<float*>(p.v_cache) + slot * kvw, v, size_t(kvw) * 4);
     }
   }
 

@@ -6,6 +6,8 @@
 
 #include <cstdint>
 
+#include <xmmintrin.h>
+
 #include "engine/ops.h"
 
 namespace hyco::cpu {
@@ -38,9 +40,11 @@ static inline float q8_row(const float* x, int n, float* q) {
   const bool ok = amax > 0.0f && amax <= 3.4028234663852886e38f;
   const float inv = ok ? 127.0f / amax : 0.0f;
   for (int i = 0; i < n; ++i) {
-    float v = __builtin_nearbyintf(x[i] * inv);
-    v = v > 127.0f ? 127.0f : (v < -127.0f ? -127.0f : v);
-    q[i] = v == v ? v : 0.0f;
+    // cvtss2si rounds to nearest even (one instruction everywhere, no libm call).
+    const float y = x[i] * inv;
+    int v = y == y ? _mm_cvtss_si32(_mm_set_ss(y)) : 0;
+    v = v > 127 ? 127 : (v < -127 ? -127 : v);
+    q[i] = float(v);
   }
   return ok ? amax / 127.0f : 0.0f;
 }
