@@ -616,6 +616,35 @@ inline void copy_kv_run(const AttentionParams& p, int64_t base, int g, int a, in
   }
 }
 
+// Cached keys [lo, c_hi) of the tile at jb on consecutive slots of one aligned group: that
+// group's first slot, else -1 (also when the range is empty).
+inline int64_t cached_run_base(const AttentionParams& p, const SeqSpan& sp, const int32_t* table, int32_t jb, int32_t lo,
+                               int32_t c_hi) {
+  if (lo >= c_hi) return -1;
+  const int64_t s_lo = kv_slot(p.layout, sp, table, lo);
+  const int64_t b0 = s_lo - (lo - jb);
+  return b0 % kKeyTile == 0 && kv_slot(p.layout, sp, table, c_hi - 1) == s_lo + (c_hi - 1 - lo) ? b0 : -1;
+}
+
+// Keys and values of positions [a, b), one by one, into the columns of the tile at jb.
+inline void gather_kv(const AttnCtx& ctx, int32_t jb, int32_t a, int32_t b, float* KT, float* V, int64_t hdp, float* KS,
+                      float* VS) {
+  for (int32_t j = a; j < b; ++j) {
+    KS[j - jb] = load_kv(ctx, j, 0, KT + (j - jb), kKeyTile);
+    VS[j - jb] = load_kv(ctx, j, 1, V + int64_t(j - jb) * hdp, 1);
+  }
+}
+
+// The tile at jb assembled in KT/V (scales in KS/VS): the cached keys [c_lo, c_hi) as one run
+// when `base` (cached_run_base) found one, else one by one; then the step's own keys [o_lo, hi);
+// every other column zero.
+inline void assemble_tile(const AttnCtx& ctx, int64_t base, int32_t jb, int32_t c_lo, int32_t c_hi, int32_t o_lo,
+                          int32_t hi, float* KT, float* V, int64_t hdp, float* KS, float* VS) {
+  copy_kv_run(*ctx.p, base, ctx.g, base >= 0 ? c_lo - jb : 0, base >= 0 ? c_hi - jb : 0, KT, V, hdp, KS, VS);
+  if (base < 0) gather_kv(ctx, jb, c_lo, c_hi, KT, V, hdp, KS, VS);
+  gather_kv(ctx, jb, o_lo, hi, KT, V, hdp, KS, VS);
+}
+
 // A tile of a prefill span, built once for all its tasks: every column a query of the span may
 // see holds its key and value as the tasks would gather them (cached ones widened, the step's own
 // rounded to what the cache will hold); the other columns are zero. For a local layer those are
@@ -636,22 +665,9 @@ void stage_tile(const AttentionParams& p, int32_t s, int32_t g, int32_t jb, floa
   const int32_t S = local ? p.layout.n_sinks : 0;
   const int32_t c_lo = local ? int32_t(imax(jb, imax(S, int64_t(sp.pos0) - p.layout.window + 1))) : jb;
   const int32_t c_hi = int32_t(imin(hi, sp.pos0));
-  int64_t base = -1;  // cached run on consecutive slots of one aligned group: its first slot
-  if (c_lo < c_hi) {
-    const int64_t s_lo = kv_slot(p.layout, sp, table, c_lo);
-    const int64_t b0 = s_lo - (c_lo - jb);
-    if (b0 % kKeyTile == 0 && kv_slot(p.layout, sp, table, c_hi - 1) == s_lo + (c_hi - 1 - c_lo)) base = b0;
-  }
-  copy_kv_run(p, base, g, base >= 0 ? c_lo - jb : 0, base >= 0 ? c_hi - jb : 0, KT, V, hdp, KS, VS);
-  auto gather = [&](int32_t a, int32_t b) {
-    for (int32_t j = a; j < b; ++j) {
-      KS[j - jb] = load_kv(ctx, j, 0, KT + (j - jb), kKeyTile);
-      VS[j - jb] = load_kv(ctx, j, 1, V + int64_t(j - jb) * hdp, 1);
-    }
-  };
-  if (base < 0) gather(c_lo, c_hi);
-  gather(jb, int32_t(imin(imin(S, sp.pos0), hi)));  // sinks
-  gather(int32_t(imax(jb, sp.pos0)), hi);            // the step's own keys
+  assemble_tile(ctx, cached_run_base(p, sp, table, jb, c_lo, c_hi), jb, c_lo, c_hi, int32_t(imax(jb, sp.pos0)), hi, KT,
+                V, hdp, KS, VS);
+  gather_kv(ctx, jb, jb, int32_t(imin(imin(S, sp.pos0), hi)), KT, V, hdp, KS, VS);  // sinks
 }
 
 void attention_task(const AttentionParams& p, const AttnTask& task, float* scratch) {
@@ -716,12 +732,7 @@ void attention_task(const AttentionParams& p, const AttnTask& task, float* scrat
       // Cached keys of the tile (before pos0) on consecutive slots of one aligned group: their
       // group's first slot, else -1.
       const int32_t c_hi = int32_t(imin(hi, sp.pos0));
-      int64_t base = -1;
-      if (lo < c_hi) {
-        const int64_t s_lo = kv_slot(p.layout, sp, table, lo);
-        const int64_t b0 = s_lo - (lo - jb);
-        if (b0 % kKeyTile == 0 && kv_slot(p.layout, sp, table, c_hi - 1) == s_lo + (c_hi - 1 - lo)) base = b0;
-      }
+      const int64_t base = cached_run_base(p, sp, table, jb, lo, c_hi);
       const bool direct = base >= 0 && c_hi == hi;
       if (direct) {
         const int64_t kg = (base / kKeyTile) * kKeyTile * kvw + int64_t(task.g) * hd * kKeyTile;
@@ -752,11 +763,7 @@ void attention_task(const AttentionParams& p, const AttnTask& task, float* scrat
         // The tile that ends at a decoded token: its cached run is widened at once (all columns
         // zero without one); the step's own keys, and cached keys of odd layouts, are gathered
         // one by one.
-        copy_kv_run(p, base, task.g, base >= 0 ? lo - jb : 0, base >= 0 ? c_hi - jb : 0, KT, V, hdp, KS, VS);
-        for (int32_t j = base >= 0 ? c_hi : lo; j < hi; ++j) {
-          KS[j - jb] = load_kv(ctx, j, 0, KT + (j - jb), kKeyTile);
-          VS[j - jb] = load_kv(ctx, j, 1, V + (j - jb) * hdp, 1);
-        }
+        assemble_tile(ctx, base, jb, lo, c_hi, int32_t(imax(lo, c_hi)), hi, KT, V, hdp, KS, VS);
       }
       if (kt16)
         tile_gemm(rows, Q, hd, kt16, ldk, hd, kKeyTile, Sc, kKeyTile, false);
