@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <utility>
 
 #include "engine/errors.h"
 
@@ -321,9 +322,7 @@ bool Scheduler::run_batch() {
         if (a.req.sampling.n_probs > 0) t.top = Sampler::top_logprobs(r, a.req.sampling.n_probs);
         c.prompt.push_back(std::move(t));
       }
-      c.at = now;
-      c.slot = a.slot;
-      a.handle->push(std::move(c));
+      emit(a, std::move(c), now);
       row += size_t(sp.n_tokens) - 1;  // now the span's last row
       if (!sp.logits_last) {
         ++row;
@@ -386,10 +385,7 @@ void Scheduler::sample_and_emit(Active& a, std::span<float> row) {
     return;
   }
   if (!a.chunk.text.empty() || !tok_) {
-    a.chunk.at = now;
-    a.chunk.slot = a.slot;
-    a.handle->push(std::move(a.chunk));
-    a.chunk = Chunk{};
+    emit(a, std::exchange(a.chunk, Chunk{}), now);
   }
   if (a.n_generated >= st.max_tokens && st.max_tokens > 0) {
     finish(a, FinishReason::Length, "limit");
@@ -398,6 +394,12 @@ void Scheduler::sample_and_emit(Active& a, std::span<float> row) {
   } else if (st.t_max_predict_ms > 0 && a.text.has_newline() && ms_between(a.t_first, now) > st.t_max_predict_ms) {
     finish(a, FinishReason::Stop, "limit");
   }
+}
+
+void Scheduler::emit(Active& a, Chunk&& c, Clock::time_point at) {
+  c.at = at;
+  c.slot = a.slot;
+  a.handle->push(std::move(c));
 }
 
 void Scheduler::finish(Active& a, FinishReason reason, const std::string& stop_type, const std::string& word,
@@ -409,10 +411,7 @@ void Scheduler::finish(Active& a, FinishReason reason, const std::string& stop_t
     a.chunk.text += rest;
   }
   if (!a.chunk.text.empty() || !a.chunk.tokens.empty()) {
-    a.chunk.at = Clock::now();
-    a.chunk.slot = a.slot;
-    a.handle->push(std::move(a.chunk));
-    a.chunk = Chunk{};
+    emit(a, std::exchange(a.chunk, Chunk{}), Clock::now());
   }
   Finish f;
   f.reason = reason;

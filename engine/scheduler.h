@@ -88,6 +88,8 @@ class Scheduler {
   void admit();
   bool run_batch();
   void sample_and_emit(Active& a, std::span<float> row);  // row: this step's scratch, may be changed
+  // Sends a chunk of `a` to its client, stamped with `at` and a's slot.
+  void emit(Active& a, Chunk&& c, Clock::time_point at);
   void finish(Active& a, FinishReason reason, const std::string& stop_type, const std::string& word = {},
               const std::string& error = {});
   void release(Active& a);
