@@ -248,6 +248,12 @@ TEST_CASE("incremental encoding gives exactly the ids of a fresh encoding") {
       }
       INFO(c.name << " step " << step);
       CHECK(tok.encode(text) == tok.encode_uncached(text));
+      if (step % 50 == 0) {  // the same text again (a request repeated unchanged): all of it reused
+        const uint64_t before = tok.reused_ids();
+        const std::vector<int32_t> again = tok.encode(text);
+        CHECK(again == tok.encode_uncached(text));
+        CHECK(tok.reused_ids() - before == (c.reuses ? again.size() : 0));
+      }
     }
     INFO(c.name);
     if (c.reuses)

@@ -213,6 +213,11 @@ std::vector<int32_t> Tokenizer::encode(std::string_view text) const {
         base = e;
       }
     }
+    if (base && common == text.size() && base->text.size() == text.size()) {  // the same text again
+      base->used = ++cache_clock_;
+      reused_ids_ += base->ids.size();
+      return base->ids;
+    }
   }
   auto entry = std::make_shared<Encoded>();
   entry->text = std::string(text);

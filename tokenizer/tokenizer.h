@@ -90,7 +90,7 @@ class Tokenizer {
     std::string text;
     std::vector<int32_t> ids;
     std::vector<int32_t> ends;  // [ids.size()] byte offset where each token's bytes end
-    uint64_t used = 0;
+    mutable uint64_t used = 0;  // LRU stamp, under cache_mu_
   };
   // Recent encodings of long texts, for encode(); empty unless split points are exact.
   bool incremental_ = false;
