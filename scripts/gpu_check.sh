@@ -5,16 +5,28 @@
 # JSON results to the directory given as the first argument. Needs no Debian package: the HTTP
 # server (cpp-httplib) is left out of this build. Each stage has a time limit so the whole check
 # stays within a few minutes; a stage that fails is recorded and the next one still runs.
-#   scripts/gpu_check.sh OUT_DIR [--quick]
+#   scripts/gpu_check.sh OUT_DIR [--quick] [--no-bench | --bench-only]
+# --no-bench: build and test only; --bench-only: only the benchmarks, with the build already there
+# (so the tests can run beside a training run and the benchmarks once the GPU is free).
+# SANITIZER_SECONDS (default 300) bounds the compute-sanitizer stage.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-out=${1:?usage: scripts/gpu_check.sh OUT_DIR [--quick]}
-quick=${2:-}
+out=${1:?usage: scripts/gpu_check.sh OUT_DIR [--quick] [--no-bench | --bench-only]}
+shift
+quick="" build_and_test=1 benchmarks=1
+for a in "$@"; do
+  case "$a" in
+    --quick) quick=--quick ;;
+    --no-bench) benchmarks=0 ;;
+    --bench-only) build_and_test=0 ;;
+    *) echo "gpu_check.sh: unknown argument $a" >&2; exit 2 ;;
+  esac
+done
 mkdir -p "$out"
 arch=${CUDA_ARCH:-90}
 build=${BUILD_DIR:-build-gpu}
 status="$out/status.txt"
-: > "$status"
+((build_and_test)) && : > "$status"
 stage() {  # stage NAME SECONDS COMMAND...
   local name=$1 secs=$2
   shift 2
@@ -25,19 +37,22 @@ stage() {  # stage NAME SECONDS COMMAND...
   return $rc
 }
 
-nvidia-smi > "$out/nvidia-smi.txt" 2>&1
-python=${HYCO_PYTHON:-$(command -v python3)}
-gen=()
-command -v ninja > /dev/null && gen=(-G Ninja)
-stage configure 120 cmake -S . -B "$build" "${gen[@]}" -DCMAKE_BUILD_TYPE=Release -DHYCO_CUDA=ON -DHYCO_SERVER=OFF \
-  -DCMAKE_CUDA_ARCHITECTURES="$arch" -DHYCO_PYTHON="$python" || { cat "$out/configure.log"; exit 1; }
-stage build 360 cmake --build "$build" -j "$(nproc)" --target hyco test_gpu test_backend_ops test_consistency || {
-  tail -50 "$out/build.log"; exit 1; }
+if ((build_and_test)); then
+  nvidia-smi > "$out/nvidia-smi.txt" 2>&1
+  python=${HYCO_PYTHON:-$(command -v python3)}
+  gen=()
+  command -v ninja > /dev/null && gen=(-G Ninja)
+  stage configure 120 cmake -S . -B "$build" "${gen[@]}" -DCMAKE_BUILD_TYPE=Release -DHYCO_CUDA=ON -DHYCO_SERVER=OFF \
+    -DCMAKE_CUDA_ARCHITECTURES="$arch" -DHYCO_PYTHON="$python" || { cat "$out/configure.log"; exit 1; }
+  stage build 360 cmake --build "$build" -j "$(nproc)" --target hyco test_gpu test_backend_ops test_consistency || {
+    tail -50 "$out/build.log"; exit 1; }
 
-# Tests: the gpu label (with the reference-suite fixture), then the same binary under
-# compute-sanitizer's memcheck.
-stage tests 240 ctest --test-dir "$build" -L gpu --output-on-failure
-stage sanitizer 300 compute-sanitizer --tool memcheck --error-exitcode 9 "$build/tests/test_gpu"
+  # Tests: the gpu label (with the reference-suite fixture), then the same binary under
+  # compute-sanitizer's memcheck.
+  stage tests 240 ctest --test-dir "$build" -L gpu --output-on-failure
+  stage sanitizer "${SANITIZER_SECONDS:-300}" compute-sanitizer --tool memcheck --error-exitcode 9 "$build/tests/test_gpu"
+fi
+((benchmarks)) || { cat "$status"; exit 0; }
 
 hyco="$build/cli/hyco"
 bench() {  # bench NAME SECONDS ARGS...
