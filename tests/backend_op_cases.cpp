@@ -147,26 +147,28 @@ OpCase gather_case() {
 // in a wrapped ring, a prefill chunk continuing a sequence, and a fresh prompt. The history is
 // written by store_kv (each backend keeps its own cache layout); a second step, one decode token
 // per sequence, then reads what the first step stored. Output: both steps' attention rows.
-OpCase attention_case(bool local, int sinks, int n_heads, int n_kv, int hd, DType kv_dtype) {
+// `long_ctx`: histories of 700 and 300 positions and a 200-token window, so that a row's keys
+// span many tiles (and the CUDA kernel splits them over several blocks).
+OpCase attention_case(bool local, int sinks, int n_heads, int n_kv, int hd, DType kv_dtype, bool long_ctx = false) {
   std::string name = std::string("attention ") + (local ? "local" : "global") + (sinks ? "+sinks" : "") + " " +
                      std::to_string(n_heads) + "/" + std::to_string(n_kv) + "x" + std::to_string(hd) + " kv " +
-                     std::string(dtype_name(kv_dtype));
+                     std::string(dtype_name(kv_dtype)) + (long_ctx ? " long" : "");
   return {name, kv_dtype == DType::BF16 ? kBf16 : 1e-9, [=](Backend& b) {
-            const int W = 24, R = 8, block = 64;
+            const int W = long_ctx ? 200 : 24, R = 8, block = 64;
             const int kvw = n_kv * hd, width = (n_heads + 2 * n_kv) * hd;
             KvLayout layout;
             layout.local = local;
             layout.window = W;
             layout.n_sinks = local ? sinks : 0;
             layout.sink_slots = local && sinks ? kKvGroup : 0;
-            layout.ring_len = kKvGroup;  // W + R rounded up to a group
+            layout.ring_len = (W + R + kKvGroup - 1) / kKvGroup * kKvGroup;  // W + R rounded up to a group
             layout.block_size = block;
-            const int n_blocks = 12;
+            const int stride = long_ctx ? 12 : 4;  // blocks per table row (× 64 positions)
+            const int n_blocks = 3 * stride;
             const int64_t slots = local ? 3 * (layout.sink_slots + layout.ring_len) : int64_t(n_blocks) * block;
             std::vector<int32_t> perm(n_blocks);
             std::iota(perm.begin(), perm.end(), 0);
             std::shuffle(perm.begin(), perm.end(), std::mt19937(11));
-            const int stride = 4;  // blocks per table row (4 × 64 = 256 positions)
             Tensor K = b.alloc(kv_dtype, slots, kvw), V = b.alloc(kv_dtype, slots, kvw);
             Tensor KS, VS;  // scales of a Q8 cache
             if (kv_dtype == DType::Q8) {
@@ -233,14 +235,15 @@ OpCase attention_case(bool local, int sinks, int n_heads, int n_kv, int hd, DTyp
               }
             };
             // History: 100, 70 and 0 positions (the first wraps its ring), written by store_kv.
-            const int zero[3] = {0, 0, 0}, hist[3] = {100, 70, 0};
+            const int zero[3] = {0, 0, 0};
+            const int hist[3] = {long_ctx ? 700 : 100, long_ctx ? 300 : 70, 0};
             step(zero, hist, false);
             // A decode token deep in the first sequence, a 20-token chunk (one tile of its keys
             // wholly cached, one shared with its own keys), a 45-token prompt.
             const int fresh[3] = {1, 20, 45};
             step(hist, fresh, true);
             // Then one token each, reading what the previous step stored.
-            const int after[3] = {101, 90, 45}, one[3] = {1, 1, 1};
+            const int after[3] = {hist[0] + 1, hist[1] + 20, 45}, one[3] = {1, 1, 1};
             step(after, one, true);
             return out;
           }};
@@ -285,7 +288,8 @@ std::vector<OpCase> backend_op_cases() {
 std::vector<OpCase> attention_cases(DType kv) {
   return {attention_case(false, 0, 4, 4, 16, kv), attention_case(true, 0, 4, 2, 32, kv),
           attention_case(true, 3, 8, 2, 64, kv), attention_case(false, 0, 6, 1, 128, kv),
-          attention_case(true, 2, 2, 2, 24, kv)};
+          attention_case(true, 2, 2, 2, 24, kv), attention_case(false, 0, 8, 2, 64, kv, true),
+          attention_case(true, 4, 8, 1, 128, kv, true), attention_case(true, 0, 4, 4, 64, kv, true)};
 }
 
 }  // namespace hyco::test
