@@ -2,6 +2,9 @@
 // end-to-end logits and greedy tokens of the reference suite, and the consistency properties
 // (token-by-token decode equals one prefill, ragged batch equals each sequence alone).
 // Skipped, with a message, on machines without a usable GPU.
+#include <cstdlib>
+#include <string>
+
 #include "engine/errors.h"
 #include "engine/kv_cache.h"
 #include "kernels/cuda/cuda_backend.h"
@@ -59,18 +62,38 @@ TEST_CASE("GPU logits and greedy tokens match the PyTorch reference for every su
 TEST_CASE("on the GPU, decode equals prefill and a ragged batch equals each sequence alone", "[gpu]") {
   if (!gpu_or_skip()) return;
   auto gpu = make_cuda_backend();
-  for (const char* pattern : {"GG", "LLLG", "LL"}) {
-    SECTION(pattern) {
-      ModelConfig c = tiny_config(pattern, 8, 2);
-      auto model = Model::random(c, *gpu, 7);
-      auto toks = random_tokens(60, c.n_vocab, 3);
-      auto prefill = engine_logits(*model, *gpu, toks, 60, DType::BF16);
-      auto decode = engine_logits(*model, *gpu, toks, 1, DType::BF16);
-      auto chunks = engine_logits(*model, *gpu, toks, 13, DType::BF16);
-      CHECK(max_abs_diff(prefill, decode) <= 1e-4f * max_abs(prefill));
-      CHECK(max_abs_diff(prefill, chunks) <= 1e-4f * max_abs(prefill));
+  // head_dim 16 runs the first attention kernel; 64, over 200 tokens, the split-KV kernel with
+  // several splits per decoded row and one per prefill row.
+  for (const char* pattern : {"GG", "LLLG", "LL"})
+    for (int hd : {16, 64}) {
+      SECTION(std::string(pattern) + " head_dim " + std::to_string(hd)) {
+        ModelConfig c = hd == 16 ? tiny_config(pattern, 8, 2) : tiny_config(pattern, 100, 2, 4, 2, 64, 128);
+        const int n = hd == 16 ? 60 : 200;
+        auto model = Model::random(c, *gpu, 7);
+        auto toks = random_tokens(n, c.n_vocab, 3);
+        auto prefill = engine_logits(*model, *gpu, toks, n, DType::BF16);
+        auto decode = engine_logits(*model, *gpu, toks, 1, DType::BF16);
+        auto chunks = engine_logits(*model, *gpu, toks, 13, DType::BF16);
+        CHECK(max_abs_diff(prefill, decode) <= 1e-4f * max_abs(prefill));
+        CHECK(max_abs_diff(prefill, chunks) <= 1e-4f * max_abs(prefill));
+      }
     }
-  }
+}
+
+TEST_CASE("the first attention kernel (HYCO_CUDA_ATTENTION=naive) matches the CPU backend too", "[gpu]") {
+  // The default cases above run the split-KV kernel wherever it fits (head_dim 64 and 128) and
+  // the first kernel elsewhere; this runs every attention case through the first one.
+  if (!gpu_or_skip()) return;
+  auto cpu = make_cpu_backend(2);
+  setenv("HYCO_CUDA_ATTENTION", "naive", 1);
+  auto gpu = make_cuda_backend();
+  unsetenv("HYCO_CUDA_ATTENTION");
+  for (DType kv : {DType::F32, DType::BF16})
+    for (const auto& c : attention_cases(kv)) {
+      double e = nmse(c.run(*gpu), c.run(*cpu));
+      INFO(c.name << ": nmse " << e << " (max " << c.max_nmse << ")");
+      CHECK(e <= 2 * c.max_nmse + 1e-12);
+    }
 }
 
 TEST_CASE("the CUDA backend refuses an 8-bit KV cache and says what to use", "[gpu]") {

@@ -5,7 +5,10 @@
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
 
+#include <algorithm>
+#include <cstdlib>
 #include <cstring>
+#include <string>
 #include <vector>
 
 #include "engine/errors.h"
@@ -40,6 +43,9 @@ class CudaBackend final : public Backend {
     check(cudaGetDeviceProperties(&prop, device), "properties");
     name_ = prop.name;
     total_mem_ = prop.totalGlobalMem;
+    n_sms_ = prop.multiProcessorCount;
+    const char* a = std::getenv("HYCO_CUDA_ATTENTION");
+    naive_attention_ = a && std::string(a) == "naive";
   }
   ~CudaBackend() override {
     cudaStreamSynchronize(stream_);
@@ -138,6 +144,9 @@ class CudaBackend final : public Backend {
     step_.out_rows = static_cast<const int32_t*>(put(m.out_rows, 4 * size_t(m.n_out)));
     step_.n_tokens = m.n_tokens;
     step_.n_spans = m.n_spans;
+    max_pos_ = 0;
+    for (int32_t i = 0; i < m.n_spans; ++i)
+      max_pos_ = std::max(max_pos_, m.spans[i].pos0 + std::max(m.spans[i].n_tokens, int32_t(1)) - 1);
     step_.table_stride = m.table_stride;
     step_.n_out = m.n_out;
     check(cudaMemcpyAsync(d, h, off, cudaMemcpyHostToDevice, stream_), "step upload");
@@ -173,6 +182,22 @@ class CudaBackend final : public Backend {
   }
   void rope(const RopeParams& p) override { cuda::rope(p, step_, stream_); }
   void attention(const AttentionParams& p) override {
+    if (!naive_attention_ && cuda::split_attention_fits(p)) {
+      const cuda::SplitPlan plan = cuda::plan_split_attention(p, step_.n_tokens, max_pos_, n_sms_);
+      float* ws = nullptr;
+      if (plan.n_splits > 1) {
+        const size_t need = size_t(step_.n_tokens) * size_t(p.n_heads) * size_t(plan.n_splits) *
+                            size_t(p.head_dim + 2) * sizeof(float);
+        if (need > split_ws_cap_) {
+          check(cudaStreamSynchronize(stream_), "sync");  // the old workspace may be in use
+          split_ws_ = device_alloc(need);
+          split_ws_cap_ = need;
+        }
+        ws = static_cast<float*>(split_ws_.get());
+      }
+      cuda::attention_split(p, step_, plan, ws, stream_);
+      return;
+    }
     if (p.head_dim > 256) throw InvalidArgument("the CUDA attention kernel supports head_dim up to 256");
     cuda::attention(p, step_, stream_);
   }
@@ -212,6 +237,11 @@ class CudaBackend final : public Backend {
   size_t meta_cap_ = 0;
   std::shared_ptr<void> xcast_;
   size_t xcast_cap_ = 0;
+  int n_sms_ = 1;
+  int32_t max_pos_ = 0;            // the step's last position (begin_step)
+  bool naive_attention_ = false;   // HYCO_CUDA_ATTENTION=naive
+  std::shared_ptr<void> split_ws_;  // partial results of split attention
+  size_t split_ws_cap_ = 0;
   std::shared_ptr<size_t> allocated_ = std::make_shared<size_t>(0);
 };
 

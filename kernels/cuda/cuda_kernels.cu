@@ -1,9 +1,13 @@
-// CUDA kernels of the hyco backend, first versions: correct, simple, checked op by op against
-// the CPU backend (tests/gpu_ops_test.cpp). Attention is a one-query-per-block online-softmax
-// kernel over rings and paged blocks; the tensor-core flash prefill and split-KV decode kernels
-// replace it once measured on the GPU machine.
+// CUDA kernels of the hyco backend, checked op by op against the CPU backend
+// (tests/gpu_test.cpp). Attention has two kernels: a split-KV kernel (head_dim 64 or 128, up to
+// kMaxRep query heads per kv head) whose blocks each take one query row, one kv head and one
+// slice of the keys the row sees, with a combine kernel when a row's keys are split; and the
+// first, one-query-per-block kernel for every other shape (HYCO_CUDA_ATTENTION=naive forces it).
+// A tensor-core prefill kernel is still to come.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
+
+#include <algorithm>
 
 #include "kernels/cuda/cuda_kernels.h"
 
@@ -182,6 +186,8 @@ __global__ void attention_kernel(AttentionParams p, DeviceStep s) {
   if (int(threadIdx.x) + kKeys < hd) out[threadIdx.x + kKeys] = acc1 / l;
 }
 
+#include "kernels/cuda/attention_split.cuh"
+
 __global__ void store_kv_kernel(StoreKvParams p, DeviceStep s) {
   const int row = blockIdx.x;
   const SeqSpan sp = s.spans[s.tok_span[row]];
@@ -236,6 +242,29 @@ void attention(const AttentionParams& p, const DeviceStep& s, cudaStream_t st) {
   if (!s.n_tokens) return;
   dim3 grid(unsigned(s.n_tokens), unsigned(p.n_heads));
   attention_kernel<<<grid, kKeys, 0, st>>>(p, s);
+}
+
+bool split_attention_fits(const AttentionParams& p) {
+  return (p.head_dim == 64 || p.head_dim == 128) && p.n_kv_heads > 0 && p.n_heads % p.n_kv_heads == 0 &&
+         p.n_heads / p.n_kv_heads <= kMaxRep &&
+         (p.kv_dtype == DType::F32 || p.kv_dtype == DType::BF16 || p.kv_dtype == DType::F16);
+}
+
+SplitPlan plan_split_attention(const AttentionParams& p, int n_tokens, int max_pos, int n_sms) {
+  return split_plan_for(p, n_tokens, max_pos, n_sms);
+}
+
+void attention_split(const AttentionParams& p, const DeviceStep& s, const SplitPlan& plan, float* ws,
+                     cudaStream_t st) {
+  if (!s.n_tokens) return;
+  dim3 grid(unsigned(s.n_tokens), unsigned(p.n_kv_heads), unsigned(plan.n_splits));
+  if (p.head_dim == 64)
+    attention_split_kernel<64><<<grid, kWarps * 32, 0, st>>>(p, s, plan.split_len, ws);
+  else
+    attention_split_kernel<128><<<grid, kWarps * 32, 0, st>>>(p, s, plan.split_len, ws);
+  if (plan.n_splits > 1)
+    attention_combine_kernel<<<dim3(unsigned(s.n_tokens), unsigned(p.n_heads)), unsigned(p.head_dim), 0, st>>>(
+        ws, plan.n_splits, p.n_heads, p.head_dim, p.out);
 }
 void store_kv(const StoreKvParams& p, const DeviceStep& s, cudaStream_t st) {
   if (s.n_tokens) store_kv_kernel<<<s.n_tokens, kThreads, 0, st>>>(p, s);

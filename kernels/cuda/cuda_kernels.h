@@ -7,19 +7,9 @@
 #include <cuda_runtime.h>
 
 #include "engine/ops.h"
+#include "kernels/cuda/device_step.h"
 
 namespace hyco::cuda {
-
-// Per-step metadata in device memory (begin_step copies StepMeta's arrays here).
-struct DeviceStep {
-  const int32_t* tokens = nullptr;     // [n_tokens]
-  const int32_t* positions = nullptr;  // [n_tokens]
-  const int32_t* tok_span = nullptr;   // [n_tokens] span index of each row
-  const SeqSpan* spans = nullptr;      // [n_spans]
-  const int32_t* tables = nullptr;     // [n_spans, table_stride]
-  const int32_t* out_rows = nullptr;   // [n_out]
-  int32_t n_tokens = 0, n_spans = 0, table_stride = 0, n_out = 0;
-};
 
 // out[i, :] = table[tokens[i], :] as f32; table of dtype dt (f32, f16, bf16), row-major [V, D].
 void embed(const void* table, DType dt, int64_t D, const DeviceStep& s, float* out, cudaStream_t st);
@@ -31,7 +21,17 @@ void add_bias(float* x, const float* bias, int64_t rows, int64_t cols, cudaStrea
 void swiglu(const float* gate_up, int64_t rows, int64_t F, float* out, cudaStream_t st);
 void gather_rows(const float* x, int64_t cols, const DeviceStep& s, float* out, cudaStream_t st);
 void rope(const RopeParams& p, const DeviceStep& s, cudaStream_t st);
+// The first attention kernel: one block per (query row, head); any head_dim up to 256.
 void attention(const AttentionParams& p, const DeviceStep& s, cudaStream_t st);
+
+// The split-KV attention kernel: whether it takes these shapes (head_dim 64 or 128, at most 8
+// query heads per kv head, an f32/bf16/f16 cache), and how it splits each row's keys so that a
+// step of few rows still fills the GPU: blocks (row, kv head, split), ws holding
+// n_tokens * n_heads * n_splits * (head_dim + 2) floats when n_splits > 1.
+bool split_attention_fits(const AttentionParams& p);
+SplitPlan plan_split_attention(const AttentionParams& p, int n_tokens, int max_pos, int n_sms);
+void attention_split(const AttentionParams& p, const DeviceStep& s, const SplitPlan& plan, float* ws,
+                     cudaStream_t st);
 void store_kv(const StoreKvParams& p, const DeviceStep& s, cudaStream_t st);
 
 }  // namespace hyco::cuda

@@ -1,0 +1,370 @@
+// The CUDA split-KV attention kernel (kernels/cuda/attention_split.cuh), compiled for the CPU and
+// run on an emulated GPU, against attention computed directly from the keys and values each row
+// may see. This checks the kernel's own logic (which keys a row sees, tiles, splits, the online
+// softmax and both merges, cache and step offsets, GQA) where CI runs, without a GPU; the gpu
+// tests check the compiled kernel against the CPU backend on the GPU machine.
+//
+// The emulation: each CUDA thread of a block is a fiber (ucontext); a scheduler resumes the
+// fibers in turn, each until its next synchronisation point. All lanes of a warp pass the same
+// points (the kernel's warp-level code is uniform), so one round of the scheduler moves a whole
+// warp through one shuffle or __syncwarp; a fiber at __syncthreads is not resumed until every
+// fiber has arrived, and then all of them are resumed in the same round.
+// Blocks run one after another; __shared__ variables are function statics.
+#include <ucontext.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <functional>
+#include <numeric>
+#include <random>
+#include <vector>
+
+#include "engine/dtype.h"
+#include "engine/ops.h"
+#include "kernels/cuda/device_step.h"
+#include "tests/catch.hpp"
+
+namespace emu {
+
+struct Dim3 {
+  unsigned x = 1, y = 1, z = 1;
+};
+
+thread_local Dim3 threadIdx, blockIdx, gridDim, blockDim;
+
+struct Fiber {
+  ucontext_t ctx;
+  std::vector<char> stack;
+};
+ucontext_t scheduler_ctx;
+std::vector<Fiber> fibers;
+int current = 0;
+uint64_t shfl_buf[64][32];   // per warp, per lane
+std::vector<char> at_barrier;  // per fiber: waiting in __syncthreads
+
+inline void yield() { swapcontext(&fibers[size_t(current)].ctx, &scheduler_ctx); }
+
+inline void syncwarp() { yield(); }
+inline void syncthreads() {
+  at_barrier[size_t(current)] = 1;
+  yield();
+}
+
+template <class T>
+T shfl(T v, int src) {
+  static_assert(sizeof(T) <= 8, "up to 8 bytes");
+  const int warp = int(threadIdx.x) / 32, lane = int(threadIdx.x) % 32;
+  std::memcpy(&shfl_buf[warp][lane], &v, sizeof(T));
+  yield();  // every lane of the warp has written
+  T r;
+  std::memcpy(&r, &shfl_buf[warp][src], sizeof(T));
+  yield();  // every lane has read before any writes again
+  return r;
+}
+
+std::function<void()> body;
+void fiber_main() {
+  body();
+  fibers[size_t(current)].stack.clear();  // marks it finished (the scheduler checks)
+  swapcontext(&fibers[size_t(current)].ctx, &scheduler_ctx);
+}
+
+// (getcontext returns twice: kept out of launch, whose loop variables it could clobber)
+[[gnu::noinline]] void make_fiber(Fiber& f) {
+  f.stack.assign(256 * 1024, 0);
+  getcontext(&f.ctx);
+  f.ctx.uc_stack.ss_sp = f.stack.data();
+  f.ctx.uc_stack.ss_size = f.stack.size();
+  f.ctx.uc_link = nullptr;
+  makecontext(&f.ctx, fiber_main, 0);
+}
+
+// Runs `kernel` (a callable using the thread/block indices) over the grid, one block at a time.
+template <class F>
+void launch(Dim3 grid, unsigned threads, F kernel) {
+  for (unsigned z = 0; z < grid.z; ++z)
+    for (unsigned y = 0; y < grid.y; ++y)
+      for (unsigned x = 0; x < grid.x; ++x) {
+        fibers.assign(threads, Fiber{});
+        std::vector<bool> done(threads, false);
+        at_barrier.assign(threads, 0);
+        for (Fiber& f : fibers) make_fiber(f);
+        body = [&] { kernel(); };
+        size_t left = threads;
+        while (left) {
+          size_t waiting = 0;
+          for (unsigned t = 0; t < threads; ++t) waiting += !done[t] && at_barrier[t];
+          if (waiting == left) std::fill(at_barrier.begin(), at_barrier.end(), 0);
+          for (unsigned t = 0; t < threads; ++t) {
+            if (done[t] || at_barrier[t]) continue;
+            current = int(t);
+            threadIdx = Dim3{t, 0, 0};
+            blockIdx = Dim3{x, y, z};
+            gridDim = grid;
+            blockDim = Dim3{threads, 1, 1};
+            swapcontext(&scheduler_ctx, &fibers[t].ctx);
+            if (fibers[t].stack.empty()) done[t] = true, --left;
+          }
+        }
+      }
+}
+
+}  // namespace emu
+
+// What the kernel source needs of CUDA.
+#define __global__
+#define __device__
+#define __launch_bounds__(n)
+#define __shared__ static
+using emu::blockDim;
+using emu::blockIdx;
+using emu::gridDim;
+using emu::threadIdx;
+inline void __syncthreads() { emu::syncthreads(); }
+inline void __syncwarp() { emu::syncwarp(); }
+template <class T>
+T __shfl_sync(unsigned, T v, int src) {
+  return emu::shfl(v, src);
+}
+template <class T>
+T __shfl_xor_sync(unsigned, T v, int mask) {
+  return emu::shfl(v, (int(threadIdx.x) % 32) ^ mask);
+}
+struct float2 {
+  float x, y;
+};
+struct float4 {
+  float x, y, z, w;
+};
+struct uint2 {
+  uint32_t x, y;
+};
+struct uint4 {
+  uint32_t x, y, z, w;
+};
+struct EmuHalf {
+  unsigned short v;
+};
+inline float __uint_as_float(uint32_t u) {
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+inline EmuHalf __ushort_as_half(unsigned short u) { return {u}; }
+inline float __half2float(EmuHalf h) { return hyco::f16_to_f32(h.v); }
+using std::max;
+using std::min;
+
+namespace hyco::cuda {
+namespace {
+inline float round_kv(float x, DType dt) {
+  if (dt == DType::BF16) return bf16_to_f32(f32_to_bf16(x));
+  if (dt == DType::F16) return f16_to_f32(f32_to_f16(x));
+  return x;
+}
+#include "kernels/cuda/attention_split.cuh"
+}  // namespace
+
+// One attention step on the emulated GPU: the split kernel, then the combine kernel when split.
+void emulated_attention(const AttentionParams& p, const DeviceStep& s, const SplitPlan& plan) {
+  std::vector<float> ws(plan.n_splits > 1 ? size_t(s.n_tokens) * p.n_heads * plan.n_splits * (p.head_dim + 2) : 0);
+  emu::launch({unsigned(s.n_tokens), unsigned(p.n_kv_heads), unsigned(plan.n_splits)}, kWarps * 32, [&] {
+    if (p.head_dim == 64) attention_split_kernel<64>(p, s, plan.split_len, ws.data());
+    else attention_split_kernel<128>(p, s, plan.split_len, ws.data());
+  });
+  if (plan.n_splits > 1)
+    emu::launch({unsigned(s.n_tokens), unsigned(p.n_heads), 1}, unsigned(p.head_dim),
+                [&] { attention_combine_kernel(ws.data(), plan.n_splits, p.n_heads, p.head_dim, p.out); });
+}
+SplitPlan plan_for(const AttentionParams& p, int n_tokens, int max_pos, int n_sms) {
+  return split_plan_for(p, n_tokens, max_pos, n_sms);
+}
+}  // namespace hyco::cuda
+
+using namespace hyco;
+
+namespace {
+
+// A cache element of dtype dt at index i, stored from x (round to nearest even, as the backends).
+void put(std::vector<uint8_t>& cache, DType dt, int64_t i, float x) {
+  if (dt == DType::F32) std::memcpy(cache.data() + i * 4, &x, 4);
+  else {
+    const uint16_t h = dt == DType::BF16 ? f32_to_bf16(x) : f32_to_f16(x);
+    std::memcpy(cache.data() + i * 2, &h, 2);
+  }
+}
+
+struct Case {
+  bool local;
+  int sinks, window, n_heads, n_kv, hd;
+  DType dt;
+};
+
+// Three sequences with histories in the cache (one wrapping its ring, one not, one empty) and a
+// step of a decode token, a chunk and a fresh prompt; the kernel's rows against attention
+// computed in double from the true keys and values of the positions each row may see.
+double run_case(const Case& c, cuda::SplitPlan plan, bool use_plan) {
+  const int hist[3] = {300, 150, 0}, fresh[3] = {1, 9, 12};
+  const int kvw = c.n_kv * c.hd, width = (c.n_heads + 2 * c.n_kv) * c.hd, block = 16, R = 8;
+  KvLayout layout;
+  layout.local = c.local;
+  layout.window = c.window;
+  layout.n_sinks = c.local ? c.sinks : 0;
+  layout.sink_slots = c.local && c.sinks ? 64 : 0;
+  layout.ring_len = (c.window + R + 63) / 64 * 64;
+  layout.block_size = block;
+  const int stride = 24;  // blocks per sequence (384 positions)
+  std::vector<int32_t> tables(size_t(3 * stride));
+  std::iota(tables.begin(), tables.end(), 0);
+  std::shuffle(tables.begin(), tables.end(), std::mt19937(5));
+  const int64_t slots = c.local ? 3 * (layout.sink_slots + layout.ring_len) : int64_t(3 * stride) * block;
+  const size_t esz = dtype_size(c.dt);
+  std::vector<uint8_t> kc(size_t(slots * kvw) * esz), vc(kc.size());
+
+  // True keys and values of every position (rounded to the cache dtype), per sequence.
+  std::mt19937 rng(17);
+  std::normal_distribution<float> nd;
+  std::vector<std::vector<float>> tk(3), tv(3);
+  std::vector<SeqSpan> spans(3);
+  std::vector<int32_t> positions, tok_span;
+  int row = 0;
+  for (int q = 0; q < 3; ++q) {
+    const int n = hist[q] + fresh[q];
+    tk[size_t(q)].resize(size_t(n) * kvw);
+    tv[size_t(q)].resize(size_t(n) * kvw);
+    for (auto* t : {&tk[size_t(q)], &tv[size_t(q)]})
+      for (float& x : *t) x = cuda::round_kv(nd(rng), c.dt);
+    SeqSpan& sp = spans[size_t(q)];
+    sp.tok_start = row;
+    sp.n_tokens = fresh[q];
+    sp.pos0 = hist[q];
+    sp.ring = c.local ? q : -1;
+    sp.table_row = q;
+    // The history in the cache, position by position (a ring keeps the last ones).
+    for (int j = 0; j < hist[q]; ++j) {
+      const int64_t slot = kv_slot(layout, sp, tables.data() + q * stride, j);
+      for (int e = 0; e < kvw; ++e) {
+        put(kc, c.dt, slot * kvw + e, tk[size_t(q)][size_t(j) * kvw + e]);
+        put(vc, c.dt, slot * kvw + e, tv[size_t(q)][size_t(j) * kvw + e]);
+      }
+    }
+    for (int t = 0; t < fresh[q]; ++t) positions.push_back(hist[q] + t), tok_span.push_back(q);
+    row += fresh[q];
+  }
+  const int n_rows = row;
+  // The step's rows: random queries; their own keys and values (f32, the kernel rounds them).
+  std::vector<float> qkv(size_t(n_rows) * width);
+  for (float& x : qkv) x = nd(rng);
+  for (int q = 0; q < 3; ++q)
+    for (int t = 0; t < fresh[q]; ++t) {
+      const int r = spans[size_t(q)].tok_start + t, j = hist[q] + t;
+      for (int e = 0; e < kvw; ++e) {
+        // A value whose rounding is the true one: the true value itself.
+        qkv[size_t(r) * width + size_t(c.n_heads * c.hd + e)] = tk[size_t(q)][size_t(j) * kvw + e];
+        qkv[size_t(r) * width + size_t(c.n_heads * c.hd + kvw + e)] = tv[size_t(q)][size_t(j) * kvw + e];
+      }
+    }
+
+  std::vector<float> out(size_t(n_rows) * c.n_heads * c.hd, NAN);
+  AttentionParams p;
+  p.qkv = qkv.data();
+  p.qkv_stride = width;
+  p.out = out.data();
+  p.k_cache = kc.data();
+  p.v_cache = vc.data();
+  p.kv_dtype = c.dt;
+  p.n_heads = c.n_heads;
+  p.n_kv_heads = c.n_kv;
+  p.head_dim = c.hd;
+  p.scale = 1.0f / std::sqrt(float(c.hd));
+  p.layout = layout;
+  cuda::DeviceStep s;
+  s.positions = positions.data();
+  s.tok_span = tok_span.data();
+  s.spans = spans.data();
+  s.tables = tables.data();
+  s.table_stride = stride;
+  s.n_tokens = n_rows;
+  s.n_spans = 3;
+  if (!use_plan) plan = cuda::plan_for(p, n_rows, *std::max_element(positions.begin(), positions.end()), 132);
+  cuda::emulated_attention(p, s, plan);
+
+  // Direct attention in double.
+  double num = 0, den = 0;
+  const int n_rep = c.n_heads / c.n_kv;
+  for (int r = 0; r < n_rows; ++r) {
+    const int q = tok_span[size_t(r)], pos = positions[size_t(r)];
+    std::vector<int> keys;
+    for (int j = 0; j <= pos; ++j)
+      if (!c.local || j < c.sinks || j > pos - c.window) keys.push_back(j);
+    for (int h = 0; h < c.n_heads; ++h) {
+      const int g = h / n_rep;
+      const float* qv = &qkv[size_t(r) * width + size_t(h * c.hd)];
+      std::vector<double> sc(keys.size());
+      double mx = -INFINITY;
+      for (size_t i = 0; i < keys.size(); ++i) {
+        double d = 0;
+        for (int e = 0; e < c.hd; ++e)
+          d += double(qv[e] * p.scale) * tk[size_t(q)][size_t(keys[i]) * kvw + size_t(g * c.hd + e)];
+        sc[i] = d;
+        mx = std::max(mx, d);
+      }
+      double sum = 0;
+      for (double& x : sc) sum += (x = std::exp(x - mx));
+      for (int e = 0; e < c.hd; ++e) {
+        double o = 0;
+        for (size_t i = 0; i < keys.size(); ++i) o += sc[i] * tv[size_t(q)][size_t(keys[i]) * kvw + size_t(g * c.hd + e)];
+        o /= sum;
+        const double got = out[(size_t(r) * c.n_heads + h) * c.hd + e];
+        num += (got - o) * (got - o);
+        den += o * o;
+      }
+    }
+  }
+  return std::isfinite(num) ? num / den : INFINITY;
+}
+
+}  // namespace
+
+TEST_CASE("the CUDA split-KV attention kernel, emulated, equals attention computed directly", "[unit]") {
+  const Case cases[] = {
+      {false, 0, 0, 8, 2, 64, DType::F32},    {true, 3, 100, 8, 2, 64, DType::BF16},
+      {true, 0, 40, 4, 4, 64, DType::F16},    {false, 0, 0, 8, 1, 128, DType::BF16},
+      {true, 2, 200, 4, 1, 128, DType::F32},
+  };
+  for (const Case& c : cases) {
+    INFO("local " << c.local << " sinks " << c.sinks << " window " << c.window << " heads " << c.n_heads << "/"
+                  << c.n_kv << " x " << c.hd << " " << dtype_name(c.dt));
+    // The plan the backend would choose on an H100, then one split, then splits of one or a few
+    // tiles (many of them empty for the shorter rows).
+    CHECK(run_case(c, {}, false) < 1e-10);
+    for (cuda::SplitPlan plan : {cuda::SplitPlan{1, 512}, cuda::SplitPlan{13, 32}, cuda::SplitPlan{3, 128}}) {
+      INFO("splits " << plan.n_splits << " of " << plan.split_len);
+      CHECK(run_case(c, plan, true) < 1e-10);
+    }
+  }
+}
+
+TEST_CASE("the split plan fills the GPU on decode and keeps one split per prefill row", "[unit]") {
+  AttentionParams p;
+  p.n_heads = 32;
+  p.n_kv_heads = 32;
+  p.head_dim = 128;
+  // One decoded row at 8K, all-global: 32 blocks alone; split to about four per SM.
+  cuda::SplitPlan d = cuda::plan_for(p, 1, 8191, 132);
+  CHECK(d.n_splits * 32 >= 4 * 132 - 32);
+  CHECK(d.split_len % 32 == 0);
+  CHECK(int64_t(d.n_splits) * d.split_len >= 8192);
+  CHECK(int64_t(d.n_splits - 1) * d.split_len < 8192);
+  // A prefill chunk of 512 rows already fills it.
+  CHECK(cuda::plan_for(p, 512, 8191, 132).n_splits == 1);
+  // A local layer splits only what its window and sinks hold.
+  p.layout.local = true;
+  p.layout.window = 1024;
+  p.layout.n_sinks = 4;
+  cuda::SplitPlan l = cuda::plan_for(p, 1, 32767, 132);
+  CHECK(int64_t(l.n_splits) * l.split_len >= 1028);
+  CHECK(int64_t(l.n_splits) * l.split_len < 1028 + l.split_len);
+}
