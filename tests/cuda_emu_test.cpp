@@ -1,15 +1,18 @@
-// The CUDA split-KV attention kernel (kernels/cuda/attention_split.cuh), compiled for the CPU and
-// run on an emulated GPU, against attention computed directly from the keys and values each row
-// may see. This checks the kernel's own logic (which keys a row sees, tiles, splits, the online
-// softmax and both merges, cache and step offsets, GQA) where CI runs, without a GPU; the gpu
-// tests check the compiled kernel against the CPU backend on the GPU machine.
+// The CUDA attention kernels (kernels/cuda/attention_split.cuh, attention_prefill.cuh), compiled
+// for the CPU and run on an emulated GPU, against attention computed directly from the keys and
+// values each row may see. This checks the kernels' own logic (which keys a row sees, tiles,
+// splits, the online softmax and its merges, cache and step offsets, GQA, the WMMA tiling) where
+// CI runs, without a GPU; the gpu tests check the compiled kernels against the CPU backend on
+// the GPU machine.
 //
 // The emulation: each CUDA thread of a block is a fiber (ucontext); a scheduler resumes the
 // fibers in turn, each until its next synchronisation point. All lanes of a warp pass the same
 // points (the kernel's warp-level code is uniform), so one round of the scheduler moves a whole
 // warp through one shuffle or __syncwarp; a fiber at __syncthreads is not resumed until every
 // fiber has arrived, and then all of them are resumed in the same round.
-// Blocks run one after another; __shared__ variables are function statics.
+// Blocks run one after another; __shared__ variables are function statics. A WMMA fragment holds
+// its whole 16x16 tile in every lane; each WMMA call is a synchronisation point (as a warp-wide
+// collective), and lane 0 computes each product for its warp.
 #include <ucontext.h>
 
 #include <algorithm>
@@ -19,6 +22,7 @@
 #include <functional>
 #include <numeric>
 #include <random>
+#include <type_traits>
 #include <vector>
 
 #include "engine/dtype.h"
@@ -42,6 +46,8 @@ ucontext_t scheduler_ctx;
 std::vector<Fiber> fibers;
 int current = 0;
 uint64_t shfl_buf[64][32];   // per warp, per lane
+float mma_buf[64][16][16];   // per warp: lane 0's product
+alignas(128) unsigned char dynamic_smem[256 * 1024];
 std::vector<char> at_barrier;  // per fiber: waiting in __syncthreads
 
 inline void yield() { swapcontext(&fibers[size_t(current)].ctx, &scheduler_ctx); }
@@ -144,6 +150,63 @@ struct uint2 {
 struct uint4 {
   uint32_t x, y, z, w;
 };
+struct __nv_bfloat16 {
+  uint16_t bits;
+};
+inline __nv_bfloat16 __float2bfloat16(float x) { return {hyco::f32_to_bf16(x)}; }
+inline float __bfloat162float(__nv_bfloat16 x) { return hyco::bf16_to_f32(x.bits); }
+#define HYCO_DYNAMIC_SMEM(name) unsigned char* name = emu::dynamic_smem
+
+namespace nvcuda::wmma {
+struct matrix_a {};
+struct matrix_b {};
+struct accumulator {};
+struct row_major {};
+struct col_major {};
+enum layout_t { mem_row_major, mem_col_major };
+template <class Use, int M, int N, int K, class T, class Layout = void>
+struct fragment {
+  float v[16][16];
+};
+inline int lane() { return int(threadIdx.x) % 32; }
+template <class Use, class L>
+void load_matrix_sync(fragment<Use, 16, 16, 16, __nv_bfloat16, L>& f, const __nv_bfloat16* p, unsigned ldm) {
+  for (int r = 0; r < 16; ++r)
+    for (int c = 0; c < 16; ++c)
+      f.v[r][c] = __bfloat162float(std::is_same_v<L, row_major> ? p[r * ldm + c] : p[c * ldm + r]);
+  emu::yield();
+}
+inline void load_matrix_sync(fragment<accumulator, 16, 16, 16, float>& f, const float* p, unsigned ldm, layout_t l) {
+  for (int r = 0; r < 16; ++r)
+    for (int c = 0; c < 16; ++c) f.v[r][c] = l == mem_row_major ? p[r * ldm + c] : p[c * ldm + r];
+  emu::yield();
+}
+inline void store_matrix_sync(float* p, const fragment<accumulator, 16, 16, 16, float>& f, unsigned ldm, layout_t l) {
+  for (int r = 0; r < 16; ++r)
+    for (int c = 0; c < 16; ++c) (l == mem_row_major ? p[r * ldm + c] : p[c * ldm + r]) = f.v[r][c];
+  emu::yield();
+}
+inline void fill_fragment(fragment<accumulator, 16, 16, 16, float>& f, float x) {
+  for (auto& row : f.v)
+    for (float& e : row) e = x;
+}
+template <class LA, class LB>
+void mma_sync(fragment<accumulator, 16, 16, 16, float>& d, const fragment<matrix_a, 16, 16, 16, __nv_bfloat16, LA>& a,
+              const fragment<matrix_b, 16, 16, 16, __nv_bfloat16, LB>& b,
+              const fragment<accumulator, 16, 16, 16, float>& c) {
+  float(&out)[16][16] = emu::mma_buf[int(threadIdx.x) / 32];
+  if (lane() == 0)
+    for (int r = 0; r < 16; ++r)
+      for (int n = 0; n < 16; ++n) {
+        float acc = c.v[r][n];
+        for (int k = 0; k < 16; ++k) acc += a.v[r][k] * b.v[k][n];
+        out[r][n] = acc;
+      }
+  std::memcpy(d.v, out, sizeof out);
+  emu::yield();
+}
+}  // namespace nvcuda::wmma
+
 struct EmuHalf {
   unsigned short v;
 };
@@ -165,19 +228,30 @@ inline float round_kv(float x, DType dt) {
   return x;
 }
 #include "kernels/cuda/attention_split.cuh"
+#include "kernels/cuda/attention_prefill.cuh"
 }  // namespace
 
-// One attention step on the emulated GPU: the split kernel, then the combine kernel when split.
-void emulated_attention(const AttentionParams& p, const DeviceStep& s, const SplitPlan& plan) {
-  std::vector<float> ws(plan.n_splits > 1 ? size_t(s.n_tokens) * p.n_heads * plan.n_splits * (p.head_dim + 2) : 0);
-  emu::launch({unsigned(s.n_tokens), unsigned(p.n_kv_heads), unsigned(plan.n_splits)}, kWarps * 32, [&] {
-    if (p.head_dim == 64) attention_split_kernel<64>(p, s, plan.split_len, ws.data());
-    else attention_split_kernel<128>(p, s, plan.split_len, ws.data());
-  });
-  if (plan.n_splits > 1)
-    emu::launch({unsigned(s.n_tokens), unsigned(p.n_heads), 1}, unsigned(p.head_dim),
-                [&] { attention_combine_kernel(ws.data(), plan.n_splits, p.n_heads, p.head_dim, p.out); });
+// One attention step on the emulated GPU as the backend runs it: rows (all when null) through
+// the split kernel, then the combine kernel when split; then s's prefill tiles, if any.
+void emulated_attention(const AttentionParams& p, const DeviceStep& s, const int32_t* rows, int n_rows,
+                        const SplitPlan& plan) {
+  std::vector<float> ws(plan.n_splits > 1 ? size_t(n_rows) * p.n_heads * plan.n_splits * (p.head_dim + 2) : 0);
+  if (n_rows) {
+    emu::launch({unsigned(n_rows), unsigned(p.n_kv_heads), unsigned(plan.n_splits)}, kWarps * 32, [&] {
+      if (p.head_dim == 64) attention_split_kernel<64>(p, s, rows, plan.split_len, ws.data());
+      else attention_split_kernel<128>(p, s, rows, plan.split_len, ws.data());
+    });
+    if (plan.n_splits > 1)
+      emu::launch({unsigned(n_rows), unsigned(p.n_heads), 1}, unsigned(p.head_dim),
+                  [&] { attention_combine_kernel(ws.data(), rows, plan.n_splits, p.n_heads, p.head_dim, p.out); });
+  }
+  if (s.n_prefill_tiles)
+    emu::launch({unsigned(s.n_prefill_tiles), unsigned(p.n_heads), 1}, 128, [&] {
+      if (p.head_dim == 64) attention_prefill_kernel<64>(p, s);
+      else attention_prefill_kernel<128>(p, s);
+    });
 }
+static_assert(prefill_smem_bytes(128) <= int(sizeof(emu::dynamic_smem)), "emulated shared memory");
 SplitPlan plan_for(const AttentionParams& p, int n_tokens, int max_pos, int n_sms) {
   return split_plan_for(p, n_tokens, max_pos, n_sms);
 }
@@ -205,8 +279,10 @@ struct Case {
 // Three sequences with histories in the cache (one wrapping its ring, one not, one empty) and a
 // step of a decode token, a chunk and a fresh prompt; the kernel's rows against attention
 // computed in double from the true keys and values of the positions each row may see.
-double run_case(const Case& c, cuda::SplitPlan plan, bool use_plan) {
-  const int hist[3] = {300, 150, 0}, fresh[3] = {1, 9, 12};
+// With `tiles`, spans of at least kPrefillMinRows new tokens go to the prefill kernel, as in the
+// backend (bf16 caches only).
+double run_case(const Case& c, cuda::SplitPlan plan, bool use_plan, bool tiles = false) {
+  const int hist[3] = {300, 150, 0}, fresh[3] = {1, tiles ? 20 : 9, tiles ? 70 : 12};
   const int kvw = c.n_kv * c.hd, width = (c.n_heads + 2 * c.n_kv) * c.hd, block = 16, R = 8;
   KvLayout layout;
   layout.local = c.local;
@@ -288,8 +364,19 @@ double run_case(const Case& c, cuda::SplitPlan plan, bool use_plan) {
   s.table_stride = stride;
   s.n_tokens = n_rows;
   s.n_spans = 3;
-  if (!use_plan) plan = cuda::plan_for(p, n_rows, *std::max_element(positions.begin(), positions.end()), 132);
-  cuda::emulated_attention(p, s, plan);
+  std::vector<int32_t> prefill_tiles, split_rows;
+  for (int q = 0; q < 3; ++q) {
+    if (tiles && fresh[q] >= cuda::kPrefillMinRows)
+      for (int t = 0; t < fresh[q]; t += cuda::kPrefillRows) prefill_tiles.insert(prefill_tiles.end(), {q, t});
+    else
+      for (int t = 0; t < fresh[q]; ++t) split_rows.push_back(spans[size_t(q)].tok_start + t);
+  }
+  s.prefill_tiles = prefill_tiles.data();
+  s.n_prefill_tiles = int32_t(prefill_tiles.size() / 2);
+  const int32_t* rows = tiles ? split_rows.data() : nullptr;
+  const int n_split = tiles ? int(split_rows.size()) : n_rows;
+  if (!use_plan) plan = cuda::plan_for(p, n_split, *std::max_element(positions.begin(), positions.end()), 132);
+  cuda::emulated_attention(p, s, rows, n_split, plan);
 
   // Direct attention in double.
   double num = 0, den = 0;
@@ -344,6 +431,23 @@ TEST_CASE("the CUDA split-KV attention kernel, emulated, equals attention comput
       INFO("splits " << plan.n_splits << " of " << plan.split_len);
       CHECK(run_case(c, plan, true) < 1e-10);
     }
+  }
+}
+
+TEST_CASE("the CUDA tensor-core prefill kernel, emulated, equals attention computed directly", "[unit]") {
+  // bf16 caches (what the kernel takes): a 20-token chunk after 150 cached positions and a
+  // 70-token prompt (two tiles of rows) on the prefill kernel, the decode row split-KV.
+  const Case cases[] = {
+      {false, 0, 0, 8, 2, 64, DType::BF16},
+      {true, 3, 100, 4, 2, 64, DType::BF16},
+      {true, 0, 40, 4, 4, 128, DType::BF16},
+      {false, 0, 0, 4, 1, 128, DType::BF16},
+  };
+  for (const Case& c : cases) {
+    INFO("local " << c.local << " sinks " << c.sinks << " window " << c.window << " heads " << c.n_heads << "/"
+                  << c.n_kv << " x " << c.hd);
+    // One bf16 rounding of queries or weights would give ~1e-6; the high/low split keeps ~1e-11.
+    CHECK(run_case(c, {}, false, true) < 1e-10);
   }
 }
 

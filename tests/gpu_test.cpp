@@ -62,8 +62,8 @@ TEST_CASE("GPU logits and greedy tokens match the PyTorch reference for every su
 TEST_CASE("on the GPU, decode equals prefill and a ragged batch equals each sequence alone", "[gpu]") {
   if (!gpu_or_skip()) return;
   auto gpu = make_cuda_backend();
-  // head_dim 16 runs the first attention kernel; 64, over 200 tokens, the split-KV kernel with
-  // several splits per decoded row and one per prefill row.
+  // head_dim 16 runs the first attention kernel; 64, over 200 tokens, the split-KV kernel for
+  // decoded rows (several splits each) and the tensor-core kernel for chunks of 13 and 200.
   for (const char* pattern : {"GG", "LLLG", "LL"})
     for (int hd : {16, 64}) {
       SECTION(std::string(pattern) + " head_dim " + std::to_string(hd)) {
@@ -81,8 +81,9 @@ TEST_CASE("on the GPU, decode equals prefill and a ragged batch equals each sequ
 }
 
 TEST_CASE("the first attention kernel (HYCO_CUDA_ATTENTION=naive) matches the CPU backend too", "[gpu]") {
-  // The default cases above run the split-KV kernel wherever it fits (head_dim 64 and 128) and
-  // the first kernel elsewhere; this runs every attention case through the first one.
+  // The default cases above run the prefill and split-KV kernels wherever they fit (head_dim 64
+  // and 128; prefill tiles with a bf16 cache) and the first kernel elsewhere; this runs every
+  // attention case through the first one.
   if (!gpu_or_skip()) return;
   auto cpu = make_cpu_backend(2);
   setenv("HYCO_CUDA_ATTENTION", "naive", 1);

@@ -93,7 +93,7 @@ __device__ inline void load_own(const float* src, DType dt, float* x) {
 // normalised output, else (max, sum, unnormalised output) to ws for attention_combine_kernel.
 template <int HD>
 __global__ void __launch_bounds__(kWarps * 32)
-    attention_split_kernel(AttentionParams p, DeviceStep s, int split_len, float* ws) {
+    attention_split_kernel(AttentionParams p, DeviceStep s, const int32_t* rows, int split_len, float* ws) {
   constexpr int DL = HD / 32;  // output dims per lane
   constexpr int KC = 8;        // key dims per load
   __shared__ float qs[kMaxRep][HD];
@@ -102,7 +102,7 @@ __global__ void __launch_bounds__(kWarps * 32)
   __shared__ float tp[kWarps][kMaxRep][32];  // a tile's weights, per warp
   __shared__ int64_t tv[kWarps][32];         // where its values are
   __shared__ int tm[kWarps][32];             // and whether they are the step's own
-  const int row = blockIdx.x, g = blockIdx.y, z = blockIdx.z;
+  const int row = rows ? rows[blockIdx.x] : int(blockIdx.x), g = blockIdx.y, z = blockIdx.z;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int n_rep = p.n_heads / p.n_kv_heads;
   const SeqSpan sp = s.spans[s.tok_span[row]];
@@ -214,7 +214,7 @@ HYCO_UNROLL
     if (gridDim.z == 1) {
       p.out[int64_t(row) * p.n_heads * HD + int64_t(h) * HD + d] = O / L;
     } else {
-      float* part = ws + ((int64_t(row) * p.n_heads + h) * gridDim.z + z) * (HD + 2);
+      float* part = ws + ((int64_t(blockIdx.x) * p.n_heads + h) * gridDim.z + z) * (HD + 2);
       if (d == 0) {
         part[0] = M;
         part[1] = L;
@@ -225,9 +225,11 @@ HYCO_UNROLL
 }
 
 // Block (row, head), one thread per dim: the splits' (max, sum, output) merged and normalised.
-__global__ void attention_combine_kernel(const float* ws, int n_splits, int n_heads, int hd, float* out) {
-  const int row = blockIdx.x, h = blockIdx.y, d = threadIdx.x;
-  const float* part = ws + (int64_t(row) * n_heads + h) * n_splits * (hd + 2);
+// Block x is the x of the split kernel's blocks; `rows` (or x itself) the row it stands for.
+__global__ void attention_combine_kernel(const float* ws, const int32_t* rows, int n_splits, int n_heads, int hd,
+                                         float* out) {
+  const int row = rows ? rows[blockIdx.x] : int(blockIdx.x), h = blockIdx.y, d = threadIdx.x;
+  const float* part = ws + (int64_t(blockIdx.x) * n_heads + h) * n_splits * (hd + 2);
   float M = -INFINITY;
   for (int z = 0; z < n_splits; ++z) M = fmaxf(M, part[z * (hd + 2)]);
   float L = 0.0f, O = 0.0f;

@@ -9,6 +9,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "engine/errors.h"
@@ -112,43 +113,60 @@ class CudaBackend final : public Backend {
   size_t bytes_allocated() const override { return *allocated_; }
 
   void begin_step(const StepMeta& m) override {
-    // One staging copy of every array: tokens, positions, span of each row, spans, tables, out rows.
-    std::vector<int32_t> tok_span(size_t(m.n_tokens));
-    for (int32_t s = 0; s < m.n_spans; ++s)
-      for (int32_t t = 0; t < m.spans[s].n_tokens; ++t) tok_span[size_t(m.spans[s].tok_start + t)] = s;
+    // The span of each row, and the attention work lists (see DeviceStep).
+    std::vector<int32_t> tok_span(size_t(m.n_tokens)), tiles, split_rows;
+    max_pos_ = 0;
+    for (int32_t s = 0; s < m.n_spans; ++s) {
+      const SeqSpan& sp = m.spans[s];
+      for (int32_t t = 0; t < sp.n_tokens; ++t) tok_span[size_t(sp.tok_start + t)] = s;
+      if (sp.n_tokens >= cuda::kPrefillMinRows) {
+        for (int32_t t = 0; t < sp.n_tokens; t += cuda::kPrefillRows) tiles.insert(tiles.end(), {s, t});
+      } else {
+        for (int32_t t = 0; t < sp.n_tokens; ++t) split_rows.push_back(sp.tok_start + t);
+      }
+      max_pos_ = std::max(max_pos_, sp.pos0 + std::max(sp.n_tokens, int32_t(1)) - 1);
+    }
+    // One staging copy of every array, each at a 16-byte boundary.
     const size_t n_tok = size_t(m.n_tokens), n_tab = size_t(m.n_spans) * size_t(m.table_stride);
-    const size_t bytes = 4 * (3 * n_tok + n_tab + size_t(m.n_out)) + sizeof(SeqSpan) * size_t(m.n_spans) + 64;
+    const std::pair<const void*, size_t> arrays[] = {
+        {m.spans, sizeof(SeqSpan) * size_t(m.n_spans)}, {m.tokens, 4 * n_tok},
+        {m.positions, 4 * n_tok},                        {tok_span.data(), 4 * n_tok},
+        {m.global_tables, 4 * n_tab},                    {m.out_rows, 4 * size_t(m.n_out)},
+        {tiles.data(), 4 * tiles.size()},                {split_rows.data(), 4 * split_rows.size()}};
+    const auto pad = [](size_t n) { return (n + 15) & ~size_t(15); };
+    size_t bytes = 0;
+    for (const auto& a : arrays) bytes += pad(a.second);
+    check(cudaStreamSynchronize(stream_), "sync");  // the previous step's copy is done
     if (bytes > meta_cap_) {
-      check(cudaStreamSynchronize(stream_), "sync");
       if (host_meta_) cudaFreeHost(host_meta_);
-      meta_cap_ = bytes * 2;
+      host_meta_ = nullptr;
+      meta_cap_ = std::max<size_t>(bytes * 2, 4096);
       check(cudaMallocHost(&host_meta_, meta_cap_), "pinned meta");
       dev_meta_ = device_alloc(meta_cap_);
-    } else {
-      check(cudaStreamSynchronize(stream_), "sync");  // the previous step's copy is done
     }
     char* h = static_cast<char*>(host_meta_);
     char* d = static_cast<char*>(dev_meta_.get());
+    const void* dev[8];
     size_t off = 0;
-    auto put = [&](const void* src, size_t n) {
-      std::memcpy(h + off, src, n);
-      const void* dp = d + off;
-      off += (n + 15) & ~size_t(15);
-      return dp;
-    };
-    step_.spans = static_cast<const SeqSpan*>(put(m.spans, sizeof(SeqSpan) * size_t(m.n_spans)));
-    step_.tokens = static_cast<const int32_t*>(put(m.tokens, 4 * n_tok));
-    step_.positions = static_cast<const int32_t*>(put(m.positions, 4 * n_tok));
-    step_.tok_span = static_cast<const int32_t*>(put(tok_span.data(), 4 * n_tok));
-    step_.tables = static_cast<const int32_t*>(put(m.global_tables, 4 * n_tab));
-    step_.out_rows = static_cast<const int32_t*>(put(m.out_rows, 4 * size_t(m.n_out)));
+    for (size_t i = 0; i < 8; ++i) {
+      if (arrays[i].second) std::memcpy(h + off, arrays[i].first, arrays[i].second);
+      dev[i] = d + off;
+      off += pad(arrays[i].second);
+    }
+    step_.spans = static_cast<const SeqSpan*>(dev[0]);
+    step_.tokens = static_cast<const int32_t*>(dev[1]);
+    step_.positions = static_cast<const int32_t*>(dev[2]);
+    step_.tok_span = static_cast<const int32_t*>(dev[3]);
+    step_.tables = static_cast<const int32_t*>(dev[4]);
+    step_.out_rows = static_cast<const int32_t*>(dev[5]);
+    step_.prefill_tiles = static_cast<const int32_t*>(dev[6]);
+    step_.split_rows = static_cast<const int32_t*>(dev[7]);
     step_.n_tokens = m.n_tokens;
     step_.n_spans = m.n_spans;
-    max_pos_ = 0;
-    for (int32_t i = 0; i < m.n_spans; ++i)
-      max_pos_ = std::max(max_pos_, m.spans[i].pos0 + std::max(m.spans[i].n_tokens, int32_t(1)) - 1);
     step_.table_stride = m.table_stride;
     step_.n_out = m.n_out;
+    step_.n_prefill_tiles = int32_t(tiles.size() / 2);
+    step_.n_split_rows = int32_t(split_rows.size());
     check(cudaMemcpyAsync(d, h, off, cudaMemcpyHostToDevice, stream_), "step upload");
   }
 
@@ -183,10 +201,14 @@ class CudaBackend final : public Backend {
   void rope(const RopeParams& p) override { cuda::rope(p, step_, stream_); }
   void attention(const AttentionParams& p) override {
     if (!naive_attention_ && cuda::split_attention_fits(p)) {
-      const cuda::SplitPlan plan = cuda::plan_split_attention(p, step_.n_tokens, max_pos_, n_sms_);
+      // Prefill tiles on tensor cores where that kernel fits; every other row split-KV.
+      const bool tiles = step_.n_prefill_tiles > 0 && cuda::prefill_attention_fits(p);
+      const int32_t* rows = tiles ? step_.split_rows : nullptr;
+      const int n_rows = tiles ? step_.n_split_rows : step_.n_tokens;
+      const cuda::SplitPlan plan = cuda::plan_split_attention(p, n_rows, max_pos_, n_sms_);
       float* ws = nullptr;
       if (plan.n_splits > 1) {
-        const size_t need = size_t(step_.n_tokens) * size_t(p.n_heads) * size_t(plan.n_splits) *
+        const size_t need = size_t(n_rows) * size_t(p.n_heads) * size_t(plan.n_splits) *
                             size_t(p.head_dim + 2) * sizeof(float);
         if (need > split_ws_cap_) {
           check(cudaStreamSynchronize(stream_), "sync");  // the old workspace may be in use
@@ -195,7 +217,8 @@ class CudaBackend final : public Backend {
         }
         ws = static_cast<float*>(split_ws_.get());
       }
-      cuda::attention_split(p, step_, plan, ws, stream_);
+      cuda::attention_split(p, step_, rows, n_rows, plan, ws, stream_);
+      if (tiles) cuda::attention_prefill(p, step_, stream_);
       return;
     }
     if (p.head_dim > 256) throw InvalidArgument("the CUDA attention kernel supports head_dim up to 256");

@@ -1,11 +1,16 @@
 // CUDA kernels of the hyco backend, checked op by op against the CPU backend
-// (tests/gpu_test.cpp). Attention has two kernels: a split-KV kernel (head_dim 64 or 128, up to
-// kMaxRep query heads per kv head) whose blocks each take one query row, one kv head and one
-// slice of the keys the row sees, with a combine kernel when a row's keys are split; and the
-// first, one-query-per-block kernel for every other shape (HYCO_CUDA_ATTENTION=naive forces it).
-// A tensor-core prefill kernel is still to come.
+// (tests/gpu_test.cpp). Attention has three kernels:
+//  * prefill (attention_prefill.cuh): tiles of 64 rows of a span with at least 16 new tokens,
+//    on tensor cores (WMMA), for head_dim 64 or 128 and a bf16 cache;
+//  * split-KV (attention_split.cuh): one row, one kv head and one slice of the keys the row sees
+//    per block, with a combine kernel when a row's keys are split: decode rows, and every row
+//    the prefill kernel does not take, for head_dim 64 or 128 and up to 8 query heads per kv head;
+//  * the first, one-query-per-block kernel for every other shape (HYCO_CUDA_ATTENTION=naive
+//    forces it everywhere).
+// tests/cuda_emu_test.cpp runs the first two on an emulated GPU in CI.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
+#include <mma.h>
 
 #include <algorithm>
 
@@ -187,6 +192,7 @@ __global__ void attention_kernel(AttentionParams p, DeviceStep s) {
 }
 
 #include "kernels/cuda/attention_split.cuh"
+#include "kernels/cuda/attention_prefill.cuh"
 
 __global__ void store_kv_kernel(StoreKvParams p, DeviceStep s) {
   const int row = blockIdx.x;
@@ -254,17 +260,39 @@ SplitPlan plan_split_attention(const AttentionParams& p, int n_tokens, int max_p
   return split_plan_for(p, n_tokens, max_pos, n_sms);
 }
 
-void attention_split(const AttentionParams& p, const DeviceStep& s, const SplitPlan& plan, float* ws,
-                     cudaStream_t st) {
-  if (!s.n_tokens) return;
-  dim3 grid(unsigned(s.n_tokens), unsigned(p.n_kv_heads), unsigned(plan.n_splits));
+void attention_split(const AttentionParams& p, const DeviceStep& s, const int32_t* rows, int n_rows,
+                     const SplitPlan& plan, float* ws, cudaStream_t st) {
+  if (!n_rows) return;
+  dim3 grid(unsigned(n_rows), unsigned(p.n_kv_heads), unsigned(plan.n_splits));
   if (p.head_dim == 64)
-    attention_split_kernel<64><<<grid, kWarps * 32, 0, st>>>(p, s, plan.split_len, ws);
+    attention_split_kernel<64><<<grid, kWarps * 32, 0, st>>>(p, s, rows, plan.split_len, ws);
   else
-    attention_split_kernel<128><<<grid, kWarps * 32, 0, st>>>(p, s, plan.split_len, ws);
+    attention_split_kernel<128><<<grid, kWarps * 32, 0, st>>>(p, s, rows, plan.split_len, ws);
   if (plan.n_splits > 1)
-    attention_combine_kernel<<<dim3(unsigned(s.n_tokens), unsigned(p.n_heads)), unsigned(p.head_dim), 0, st>>>(
-        ws, plan.n_splits, p.n_heads, p.head_dim, p.out);
+    attention_combine_kernel<<<dim3(unsigned(n_rows), unsigned(p.n_heads)), unsigned(p.head_dim), 0, st>>>(
+        ws, rows, plan.n_splits, p.n_heads, p.head_dim, p.out);
+}
+
+bool prefill_attention_fits(const AttentionParams& p) {
+  return (p.head_dim == 64 || p.head_dim == 128) && p.kv_dtype == DType::BF16 && p.n_kv_heads > 0 &&
+         p.n_heads % p.n_kv_heads == 0;
+}
+
+void attention_prefill(const AttentionParams& p, const DeviceStep& s, cudaStream_t st) {
+  if (!s.n_prefill_tiles) return;
+  dim3 grid(unsigned(s.n_prefill_tiles), unsigned(p.n_heads));
+  // More shared memory than the default 48 KB: allowed once per instantiation.
+  static const bool attr64 = cudaFuncSetAttribute(attention_prefill_kernel<64>,
+                                                  cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                                  prefill_smem_bytes(64)) == cudaSuccess;
+  static const bool attr128 = cudaFuncSetAttribute(attention_prefill_kernel<128>,
+                                                   cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                                   prefill_smem_bytes(128)) == cudaSuccess;
+  (void)attr64, (void)attr128;  // a failure shows as a launch error at the next sync
+  if (p.head_dim == 64)
+    attention_prefill_kernel<64><<<grid, 128, prefill_smem_bytes(64), st>>>(p, s);
+  else
+    attention_prefill_kernel<128><<<grid, 128, prefill_smem_bytes(128), st>>>(p, s);
 }
 void store_kv(const StoreKvParams& p, const DeviceStep& s, cudaStream_t st) {
   if (s.n_tokens) store_kv_kernel<<<s.n_tokens, kThreads, 0, st>>>(p, s);

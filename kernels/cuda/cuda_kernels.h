@@ -30,8 +30,15 @@ void attention(const AttentionParams& p, const DeviceStep& s, cudaStream_t st);
 // n_tokens * n_heads * n_splits * (head_dim + 2) floats when n_splits > 1.
 bool split_attention_fits(const AttentionParams& p);
 SplitPlan plan_split_attention(const AttentionParams& p, int n_tokens, int max_pos, int n_sms);
-void attention_split(const AttentionParams& p, const DeviceStep& s, const SplitPlan& plan, float* ws,
-                     cudaStream_t st);
+// Rows `rows[0..n_rows)` (all n_rows rows of the step when null) through the split kernel.
+void attention_split(const AttentionParams& p, const DeviceStep& s, const int32_t* rows, int n_rows,
+                     const SplitPlan& plan, float* ws, cudaStream_t st);
+
+// The tensor-core prefill kernel (attention_prefill.cuh): whether it takes these shapes (head_dim
+// 64 or 128, a bf16 cache), and the launch over the step's prefill tiles (s.prefill_tiles; the
+// other rows are s.split_rows, for attention_split).
+bool prefill_attention_fits(const AttentionParams& p);
+void attention_prefill(const AttentionParams& p, const DeviceStep& s, cudaStream_t st);
 void store_kv(const StoreKvParams& p, const DeviceStep& s, cudaStream_t st);
 
 }  // namespace hyco::cuda
