@@ -153,7 +153,10 @@ OpCase attention_case(bool local, int sinks, int n_heads, int n_kv, int hd, DTyp
   std::string name = std::string("attention ") + (local ? "local" : "global") + (sinks ? "+sinks" : "") + " " +
                      std::to_string(n_heads) + "/" + std::to_string(n_kv) + "x" + std::to_string(hd) + " kv " +
                      std::string(dtype_name(kv_dtype)) + (long_ctx ? " long" : "");
-  return {name, kv_dtype == DType::BF16 ? kBf16 : 1e-9, [=](Backend& b) {
+  // Every backend reads the same cached values and rounds the step's own keys the same way, so
+  // only the order of f32 sums may differ (the CUDA prefill kernel's split bf16 products add
+  // ~5e-12): a tight bound whatever the cache's dtype.
+  return {name, 1e-10, [=](Backend& b) {
             const int W = long_ctx ? 200 : 24, R = 8, block = 64;
             const int kvw = n_kv * hd, width = (n_heads + 2 * n_kv) * hd;
             KvLayout layout;

@@ -4,256 +4,37 @@
 // splits, the online softmax and its merges, cache and step offsets, GQA, the WMMA tiling) where
 // CI runs, without a GPU; the gpu tests check the compiled kernels against the CPU backend on
 // the GPU machine.
-//
-// The emulation: each CUDA thread of a block is a fiber (ucontext); a scheduler resumes the
-// fibers in turn, each until its next synchronisation point. All lanes of a warp pass the same
-// points (the kernel's warp-level code is uniform), so one round of the scheduler moves a whole
-// warp through one shuffle or __syncwarp; a fiber at __syncthreads is not resumed until every
-// fiber has arrived, and then all of them are resumed in the same round.
-// Blocks run one after another; __shared__ variables are function statics. A WMMA fragment holds
-// its whole 16x16 tile in every lane; each WMMA call is a synchronisation point (as a warp-wide
-// collective), and lane 0 computes each product for its warp.
-#include <ucontext.h>
-
+// The emulated GPU is tests/cuda_emu/include (fibers for threads, WMMA, the runtime API); the
+// kernels come from kernels/cuda/cuda_kernels.cu as tests/cuda_emu/make_emu_source.py rewrites it.
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
-#include <functional>
 #include <numeric>
 #include <random>
-#include <type_traits>
 #include <vector>
 
 #include "engine/dtype.h"
 #include "engine/ops.h"
-#include "kernels/cuda/device_step.h"
+#include "kernels/cuda/cuda_kernels.h"  // with tests/cuda_emu/include: the emulated GPU
 #include "tests/catch.hpp"
 
-namespace emu {
-
-struct Dim3 {
-  unsigned x = 1, y = 1, z = 1;
-};
-
-thread_local Dim3 threadIdx, blockIdx, gridDim, blockDim;
-
-struct Fiber {
-  ucontext_t ctx;
-  std::vector<char> stack;
-};
-ucontext_t scheduler_ctx;
-std::vector<Fiber> fibers;
-int current = 0;
-uint64_t shfl_buf[64][32];   // per warp, per lane
-float mma_buf[64][16][16];   // per warp: lane 0's product
-alignas(128) unsigned char dynamic_smem[256 * 1024];
-std::vector<char> at_barrier;  // per fiber: waiting in __syncthreads
-
-inline void yield() { swapcontext(&fibers[size_t(current)].ctx, &scheduler_ctx); }
-
-inline void syncwarp() { yield(); }
-inline void syncthreads() {
-  at_barrier[size_t(current)] = 1;
-  yield();
-}
-
-template <class T>
-T shfl(T v, int src) {
-  static_assert(sizeof(T) <= 8, "up to 8 bytes");
-  const int warp = int(threadIdx.x) / 32, lane = int(threadIdx.x) % 32;
-  std::memcpy(&shfl_buf[warp][lane], &v, sizeof(T));
-  yield();  // every lane of the warp has written
-  T r;
-  std::memcpy(&r, &shfl_buf[warp][src], sizeof(T));
-  yield();  // every lane has read before any writes again
-  return r;
-}
-
-std::function<void()> body;
-void fiber_main() {
-  body();
-  fibers[size_t(current)].stack.clear();  // marks it finished (the scheduler checks)
-  swapcontext(&fibers[size_t(current)].ctx, &scheduler_ctx);
-}
-
-// (getcontext returns twice: kept out of launch, whose loop variables it could clobber)
-[[gnu::noinline]] void make_fiber(Fiber& f) {
-  f.stack.assign(256 * 1024, 0);
-  getcontext(&f.ctx);
-  f.ctx.uc_stack.ss_sp = f.stack.data();
-  f.ctx.uc_stack.ss_size = f.stack.size();
-  f.ctx.uc_link = nullptr;
-  makecontext(&f.ctx, fiber_main, 0);
-}
-
-// Runs `kernel` (a callable using the thread/block indices) over the grid, one block at a time.
-template <class F>
-void launch(Dim3 grid, unsigned threads, F kernel) {
-  for (unsigned z = 0; z < grid.z; ++z)
-    for (unsigned y = 0; y < grid.y; ++y)
-      for (unsigned x = 0; x < grid.x; ++x) {
-        fibers.assign(threads, Fiber{});
-        std::vector<bool> done(threads, false);
-        at_barrier.assign(threads, 0);
-        for (Fiber& f : fibers) make_fiber(f);
-        body = [&] { kernel(); };
-        size_t left = threads;
-        while (left) {
-          size_t waiting = 0;
-          for (unsigned t = 0; t < threads; ++t) waiting += !done[t] && at_barrier[t];
-          if (waiting == left) std::fill(at_barrier.begin(), at_barrier.end(), 0);
-          for (unsigned t = 0; t < threads; ++t) {
-            if (done[t] || at_barrier[t]) continue;
-            current = int(t);
-            threadIdx = Dim3{t, 0, 0};
-            blockIdx = Dim3{x, y, z};
-            gridDim = grid;
-            blockDim = Dim3{threads, 1, 1};
-            swapcontext(&scheduler_ctx, &fibers[t].ctx);
-            if (fibers[t].stack.empty()) done[t] = true, --left;
-          }
-        }
-      }
-}
-
-}  // namespace emu
-
-// What the kernel source needs of CUDA.
-#define __global__
-#define __device__
-#define __launch_bounds__(n)
-#define __shared__ static
-using emu::blockDim;
-using emu::blockIdx;
-using emu::gridDim;
-using emu::threadIdx;
-inline void __syncthreads() { emu::syncthreads(); }
-inline void __syncwarp() { emu::syncwarp(); }
-template <class T>
-T __shfl_sync(unsigned, T v, int src) {
-  return emu::shfl(v, src);
-}
-template <class T>
-T __shfl_xor_sync(unsigned, T v, int mask) {
-  return emu::shfl(v, (int(threadIdx.x) % 32) ^ mask);
-}
-struct float2 {
-  float x, y;
-};
-struct float4 {
-  float x, y, z, w;
-};
-struct uint2 {
-  uint32_t x, y;
-};
-struct uint4 {
-  uint32_t x, y, z, w;
-};
-struct __nv_bfloat16 {
-  uint16_t bits;
-};
-inline __nv_bfloat16 __float2bfloat16(float x) { return {hyco::f32_to_bf16(x)}; }
-inline float __bfloat162float(__nv_bfloat16 x) { return hyco::bf16_to_f32(x.bits); }
-#define HYCO_DYNAMIC_SMEM(name) unsigned char* name = emu::dynamic_smem
-
-namespace nvcuda::wmma {
-struct matrix_a {};
-struct matrix_b {};
-struct accumulator {};
-struct row_major {};
-struct col_major {};
-enum layout_t { mem_row_major, mem_col_major };
-template <class Use, int M, int N, int K, class T, class Layout = void>
-struct fragment {
-  float v[16][16];
-};
-inline int lane() { return int(threadIdx.x) % 32; }
-template <class Use, class L>
-void load_matrix_sync(fragment<Use, 16, 16, 16, __nv_bfloat16, L>& f, const __nv_bfloat16* p, unsigned ldm) {
-  for (int r = 0; r < 16; ++r)
-    for (int c = 0; c < 16; ++c)
-      f.v[r][c] = __bfloat162float(std::is_same_v<L, row_major> ? p[r * ldm + c] : p[c * ldm + r]);
-  emu::yield();
-}
-inline void load_matrix_sync(fragment<accumulator, 16, 16, 16, float>& f, const float* p, unsigned ldm, layout_t l) {
-  for (int r = 0; r < 16; ++r)
-    for (int c = 0; c < 16; ++c) f.v[r][c] = l == mem_row_major ? p[r * ldm + c] : p[c * ldm + r];
-  emu::yield();
-}
-inline void store_matrix_sync(float* p, const fragment<accumulator, 16, 16, 16, float>& f, unsigned ldm, layout_t l) {
-  for (int r = 0; r < 16; ++r)
-    for (int c = 0; c < 16; ++c) (l == mem_row_major ? p[r * ldm + c] : p[c * ldm + r]) = f.v[r][c];
-  emu::yield();
-}
-inline void fill_fragment(fragment<accumulator, 16, 16, 16, float>& f, float x) {
-  for (auto& row : f.v)
-    for (float& e : row) e = x;
-}
-template <class LA, class LB>
-void mma_sync(fragment<accumulator, 16, 16, 16, float>& d, const fragment<matrix_a, 16, 16, 16, __nv_bfloat16, LA>& a,
-              const fragment<matrix_b, 16, 16, 16, __nv_bfloat16, LB>& b,
-              const fragment<accumulator, 16, 16, 16, float>& c) {
-  float(&out)[16][16] = emu::mma_buf[int(threadIdx.x) / 32];
-  if (lane() == 0)
-    for (int r = 0; r < 16; ++r)
-      for (int n = 0; n < 16; ++n) {
-        float acc = c.v[r][n];
-        for (int k = 0; k < 16; ++k) acc += a.v[r][k] * b.v[k][n];
-        out[r][n] = acc;
-      }
-  std::memcpy(d.v, out, sizeof out);
-  emu::yield();
-}
-}  // namespace nvcuda::wmma
-
-struct EmuHalf {
-  unsigned short v;
-};
-inline float __uint_as_float(uint32_t u) {
-  float f;
-  std::memcpy(&f, &u, 4);
-  return f;
-}
-inline EmuHalf __ushort_as_half(unsigned short u) { return {u}; }
-inline float __half2float(EmuHalf h) { return hyco::f16_to_f32(h.v); }
-using std::max;
-using std::min;
-
 namespace hyco::cuda {
-namespace {
-inline float round_kv(float x, DType dt) {
-  if (dt == DType::BF16) return bf16_to_f32(f32_to_bf16(x));
-  if (dt == DType::F16) return f16_to_f32(f32_to_f16(x));
-  return x;
-}
-#include "kernels/cuda/attention_split.cuh"
-#include "kernels/cuda/attention_prefill.cuh"
-}  // namespace
-
-// One attention step on the emulated GPU as the backend runs it: rows (all when null) through
-// the split kernel, then the combine kernel when split; then s's prefill tiles, if any.
+// One attention step on the emulated GPU through the backend's launchers: rows (all when null)
+// through the split kernel (and the combine kernel when split), then s's prefill tiles, if any.
 void emulated_attention(const AttentionParams& p, const DeviceStep& s, const int32_t* rows, int n_rows,
                         const SplitPlan& plan) {
   std::vector<float> ws(plan.n_splits > 1 ? size_t(n_rows) * p.n_heads * plan.n_splits * (p.head_dim + 2) : 0);
-  if (n_rows) {
-    emu::launch({unsigned(n_rows), unsigned(p.n_kv_heads), unsigned(plan.n_splits)}, kWarps * 32, [&] {
-      if (p.head_dim == 64) attention_split_kernel<64>(p, s, rows, plan.split_len, ws.data());
-      else attention_split_kernel<128>(p, s, rows, plan.split_len, ws.data());
-    });
-    if (plan.n_splits > 1)
-      emu::launch({unsigned(n_rows), unsigned(p.n_heads), 1}, unsigned(p.head_dim),
-                  [&] { attention_combine_kernel(ws.data(), rows, plan.n_splits, p.n_heads, p.head_dim, p.out); });
-  }
-  if (s.n_prefill_tiles)
-    emu::launch({unsigned(s.n_prefill_tiles), unsigned(p.n_heads), 1}, 128, [&] {
-      if (p.head_dim == 64) attention_prefill_kernel<64>(p, s);
-      else attention_prefill_kernel<128>(p, s);
-    });
+  attention_split(p, s, rows, n_rows, plan, ws.data(), nullptr);
+  attention_prefill(p, s, nullptr);
 }
-static_assert(prefill_smem_bytes(128) <= int(sizeof(emu::dynamic_smem)), "emulated shared memory");
 SplitPlan plan_for(const AttentionParams& p, int n_tokens, int max_pos, int n_sms) {
-  return split_plan_for(p, n_tokens, max_pos, n_sms);
+  return plan_split_attention(p, n_tokens, max_pos, n_sms);
+}
+float round_kv(float x, DType dt) {
+  if (dt == DType::BF16) return bf16_to_f32(f32_to_bf16(x));
+  if (dt == DType::F16) return f16_to_f32(f32_to_f16(x));
+  return x;
 }
 }  // namespace hyco::cuda
 

@@ -63,7 +63,11 @@ TEST_CASE("on the GPU, decode equals prefill and a ragged batch equals each sequ
   if (!gpu_or_skip()) return;
   auto gpu = make_cuda_backend();
   // head_dim 16 runs the first attention kernel; 64, over 200 tokens, the split-KV kernel for
-  // decoded rows (several splits each) and the tensor-core kernel for chunks of 13 and 200.
+  // decoded rows and chunks of 13 (several splits each) and the tensor-core kernel for the
+  // chunk of 200. The GEMMs round activations to bf16: where two attention kernels sum in
+  // different orders (~1e-7 apart, see the op cases), a rounding can flip by one bf16 step and
+  // move the logits by a few of them (measured on the emulated GPU: up to 0.5% of the largest
+  // logit). With one kernel for both (head_dim 16) the logits are equal.
   for (const char* pattern : {"GG", "LLLG", "LL"})
     for (int hd : {16, 64}) {
       SECTION(std::string(pattern) + " head_dim " + std::to_string(hd)) {
@@ -74,8 +78,9 @@ TEST_CASE("on the GPU, decode equals prefill and a ragged batch equals each sequ
         auto prefill = engine_logits(*model, *gpu, toks, n, DType::BF16);
         auto decode = engine_logits(*model, *gpu, toks, 1, DType::BF16);
         auto chunks = engine_logits(*model, *gpu, toks, 13, DType::BF16);
-        CHECK(max_abs_diff(prefill, decode) <= 1e-4f * max_abs(prefill));
-        CHECK(max_abs_diff(prefill, chunks) <= 1e-4f * max_abs(prefill));
+        const float tol = (hd == 16 ? 1e-4f : 2e-2f) * max_abs(prefill);
+        CHECK(max_abs_diff(prefill, decode) <= tol);
+        CHECK(max_abs_diff(prefill, chunks) <= tol);
       }
     }
 }

@@ -232,10 +232,10 @@ void convert_f32(const float* src, int64_t n, void* dst, DType dt, cudaStream_t 
   if (n) convert_kernel<<<blocks_for(n), kThreads, 0, st>>>(src, n, dst, dt);
 }
 void add_bias(float* x, const float* bias, int64_t rows, int64_t cols, cudaStream_t st) {
-  if (rows * cols) add_bias_kernel<<<blocks_for(rows * cols), kThreads, 0, st>>>(x, bias, rows, cols);
+  if (rows * cols > 0) add_bias_kernel<<<blocks_for(rows * cols), kThreads, 0, st>>>(x, bias, rows, cols);
 }
 void swiglu(const float* gu, int64_t rows, int64_t F, float* out, cudaStream_t st) {
-  if (rows * F) swiglu_kernel<<<blocks_for(rows * F), kThreads, 0, st>>>(gu, rows, F, out);
+  if (rows * F > 0) swiglu_kernel<<<blocks_for(rows * F), kThreads, 0, st>>>(gu, rows, F, out);
 }
 void gather_rows(const float* x, int64_t cols, const DeviceStep& s, float* out, cudaStream_t st) {
   if (s.n_out) gather_kernel<<<s.n_out, kThreads, 0, st>>>(x, cols, s.out_rows, s.n_out, out);
