@@ -15,9 +15,14 @@
 #include <vector>
 
 #include "engine/dtype.h"
+#include "engine/errors.h"
+#include "engine/kv_cache.h"
+#include "engine/model.h"
 #include "engine/ops.h"
+#include "kernels/cuda/cuda_backend.h"
 #include "kernels/cuda/cuda_kernels.h"  // with tests/cuda_emu/include: the emulated GPU
 #include "tests/catch.hpp"
+#include "tests/test_util.h"
 
 namespace hyco::cuda {
 // One attention step on the emulated GPU through the backend's launchers: rows (all when null)
@@ -252,4 +257,32 @@ TEST_CASE("the split plan fills the GPU on decode and keeps one split per prefil
   cuda::SplitPlan l = cuda::plan_for(p, 1, 32767, 132);
   CHECK(int64_t(l.n_splits) * l.split_len >= 1028);
   CHECK(int64_t(l.n_splits) * l.split_len < 1028 + l.split_len);
+}
+
+TEST_CASE("on the emulated GPU, a model or KV pool that does not fit is a clear error", "[unit]") {
+  // The emulated device holds 1 MiB: the weights of this model (~1.2 MiB in bf16) do not fit.
+  setenv("HYCO_EMU_GPU_MIB", "1", 1);
+  auto gpu = make_cuda_backend();
+  const ModelConfig big = test::tiny_config("LG", 8, 0, 4, 2, 64, 256);
+  try {
+    auto m = Model::random(big, *gpu, 1);
+    FAIL("a model larger than the device was loaded");
+  } catch (const ResourceExhausted& e) {
+    INFO(e.what());
+    CHECK(std::string(e.what()).find("does not fit") != std::string::npos);
+  }
+  // A model that fits, then a KV pool that does not.
+  setenv("HYCO_EMU_GPU_MIB", "4", 1);
+  auto m = Model::random(test::tiny_config("LG"), *gpu, 1);
+  KvCacheConfig kc;
+  kc.n_seqs = 64;
+  kc.n_ctx = 4096;
+  try {
+    KvCache kv(m->config(), *gpu, kc);
+    FAIL("a KV pool larger than the device was allocated");
+  } catch (const ResourceExhausted& e) {
+    INFO(e.what());
+    CHECK(std::string(e.what()).find("does not fit") != std::string::npos);
+  }
+  unsetenv("HYCO_EMU_GPU_MIB");
 }

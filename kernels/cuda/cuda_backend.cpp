@@ -6,6 +6,7 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <string>
@@ -238,9 +239,16 @@ class CudaBackend final : public Backend {
     void* p = nullptr;
     const size_t sz = bytes ? bytes : 16;
     cudaError_t e = cudaMalloc(&p, sz);
-    if (e != cudaSuccess)
-      throw ResourceExhausted("CUDA: cannot allocate " + std::to_string(bytes >> 20) + " MiB on " + name_ + " (" +
-                              cudaGetErrorString(e) + "): the model or the KV pool (--kv-memory) does not fit");
+    if (e != cudaSuccess) {
+      const auto mib = [](size_t b) {
+        char buf[32];
+        std::snprintf(buf, sizeof buf, "%.1f MiB", double(b) / (1 << 20));
+        return std::string(buf);
+      };
+      throw ResourceExhausted("CUDA: cannot allocate " + mib(bytes) + " more on " + name_ + " (" + mib(*allocated_) +
+                              " in use of " + mib(total_mem_) + ", " + cudaGetErrorString(e) +
+                              "): the model or the KV pool (--kv-memory) does not fit");
+    }
     *allocated_ += sz;
     auto counter = allocated_;
     return std::shared_ptr<void>(p, [counter, sz](void* q) {

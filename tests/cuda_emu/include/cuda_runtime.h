@@ -21,6 +21,7 @@
 #include <cstring>
 #include <functional>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #define __global__
@@ -221,12 +222,32 @@ inline cudaError_t cudaStreamDestroy(cudaStream_t s) {
   return cudaSuccess;
 }
 inline cudaError_t cudaStreamSynchronize(cudaStream_t) { return cudaSuccess; }
+// Device memory: HYCO_EMU_GPU_MIB (read at each call) caps what may be allocated in all, so
+// that tests can see what the backend does when a model or KV pool does not fit.
+namespace emu {
+inline size_t allocated = 0;
+inline std::vector<std::pair<void*, size_t>> blocks;
+}  // namespace emu
 inline cudaError_t cudaMalloc(void** p, size_t n) {
-  *p = std::aligned_alloc(256, (n + 255) / 256 * 256);
-  if (*p) std::memset(*p, 0xA5, n);  // garbage, as device memory is
-  return *p ? cudaSuccess : cudaErrorMemoryAllocation;
+  const char* cap = std::getenv("HYCO_EMU_GPU_MIB");
+  const size_t sz = (n + 255) / 256 * 256;
+  *p = nullptr;
+  if (cap && emu::allocated + sz > size_t(std::atoll(cap)) << 20) return cudaErrorMemoryAllocation;
+  *p = std::aligned_alloc(256, sz ? sz : 256);
+  if (!*p) return cudaErrorMemoryAllocation;
+  std::memset(*p, 0xA5, n);  // garbage, as device memory is
+  emu::allocated += sz;
+  emu::blocks.emplace_back(*p, sz);
+  return cudaSuccess;
 }
 inline cudaError_t cudaFree(void* p) {
+  for (auto& b : emu::blocks)
+    if (b.first == p) {
+      emu::allocated -= b.second;
+      b = emu::blocks.back();
+      emu::blocks.pop_back();
+      break;
+    }
   std::free(p);
   return cudaSuccess;
 }
