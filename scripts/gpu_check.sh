@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # The GPU check: on a machine with an NVIDIA GPU and no network, builds the CUDA backend and
 # `hyco bench` (Release, sm_90 unless CUDA_ARCH says otherwise) with what that machine has, runs
-# the `gpu` tests (plus compute-sanitizer), then the benchmarks of issue 4, and writes logs and
-# JSON results to the directory given as the first argument. Needs no Debian package: the HTTP
+# the `gpu` tests (plus compute-sanitizer's memcheck and racecheck), then the benchmarks of
+# issue 4, and writes logs and JSON results to the directory given as the first argument. Needs no Debian package: the HTTP
 # server (cpp-httplib) is left out of this build. Each stage has a time limit so the whole check
 # stays within a few minutes; a stage that fails is recorded and the next one still runs.
 #   scripts/gpu_check.sh OUT_DIR [--quick] [--no-bench | --bench-only]
 # --no-bench: build and test only; --bench-only: only the benchmarks, with the build already there
 # (so the tests can run beside a training run and the benchmarks once the GPU is free).
-# SANITIZER_SECONDS (default 300) bounds the compute-sanitizer stage.
+# SANITIZER_SECONDS (default 300) bounds each compute-sanitizer stage (memcheck, racecheck).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${1:?usage: scripts/gpu_check.sh OUT_DIR [--quick] [--no-bench | --bench-only]}
@@ -51,6 +51,10 @@ if ((build_and_test)); then
   # compute-sanitizer's memcheck.
   stage tests 240 ctest --test-dir "$build" -L gpu --output-on-failure
   stage sanitizer "${SANITIZER_SECONDS:-300}" compute-sanitizer --tool memcheck --error-exitcode 9 "$build/tests/test_gpu"
+  # Shared-memory races in the attention kernels (which the emulated GPU of the CPU tests cannot
+  # show): the op cases under racecheck.
+  stage racecheck "${SANITIZER_SECONDS:-300}" compute-sanitizer --tool racecheck --error-exitcode 9 \
+    "$build/tests/test_gpu" "every op on the GPU matches the CPU backend"
 fi
 ((benchmarks)) || { cat "$status"; exit 0; }
 
