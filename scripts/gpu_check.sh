@@ -3,8 +3,9 @@
 # `hyco bench` (Release, sm_90 unless CUDA_ARCH says otherwise) with what that machine has, runs
 # the `gpu` tests (plus compute-sanitizer's memcheck and racecheck), then the benchmarks of
 # issue 4, and writes logs and JSON results to the directory given as the first argument. Needs
-# no Debian package: the HTTP server (cpp-httplib) is left out of this build. Each stage has a time limit so the whole check
-# stays within a few minutes; a stage that fails is recorded and the next one still runs.
+# no Debian package: the HTTP server (cpp-httplib) is left out of this build. Each stage has a
+# time limit so the whole check stays within a few minutes; a stage that fails is recorded and
+# the next one still runs.
 #   scripts/gpu_check.sh OUT_DIR [--quick] [--no-bench | --bench-only]
 # --no-bench: build and test only; --bench-only: only the benchmarks, with the build already there
 # (so the tests can run beside a training run and the benchmarks once the GPU is free).
