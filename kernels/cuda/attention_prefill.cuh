@@ -9,8 +9,8 @@
 // so scores and outputs keep about 16 bits more than a single bf16 rounding would: results
 // stay within f32-order differences of the split kernel and the CPU backend.
 //
-// Like attention_split.cuh, a header so that tests/cuda_emu_test.cpp can run this source on the
-// CPU (WMMA, shared memory and warps emulated). Included after attention_split.cuh.
+// Included by cuda_kernels.cu after attention_split.cuh; in CI, tests/cuda_emu runs it on an
+// emulated GPU (WMMA, shared memory and warps included).
 #pragma once
 
 #if defined(__CUDACC__)

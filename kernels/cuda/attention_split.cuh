@@ -1,8 +1,7 @@
-// The split-KV attention kernel and its combine kernel (see cuda_kernels.cu). A header of its
-// own so that tests/cuda_emu_test.cpp can compile this very source on the CPU, with warps and
-// blocks emulated by threads, and check it against a direct computation in CI (no GPU there).
-// Included inside namespace hyco::cuda::{anonymous}, after round_kv and with <algorithm>,
-// engine/ops.h and kernels/cuda/device_step.h in scope.
+// The split-KV attention kernel and its combine kernel (see cuda_kernels.cu, which includes this
+// inside namespace hyco::cuda::{anonymous}, after round_kv and with <algorithm>, engine/ops.h and
+// kernels/cuda/device_step.h in scope). In CI, tests/cuda_emu compiles it with the rest of the
+// backend for an emulated GPU.
 #pragma once
 
 #if defined(__CUDACC__)
