@@ -21,8 +21,7 @@ constexpr int kPrefillKeys = 64;  // keys per tile (kPrefillRows: device_step.h)
 
 // Shared memory of the kernel for head_dim hd, in bytes.
 inline constexpr int prefill_smem_bytes(int hd) {
-  return 2 * kPrefillRows * hd * 2         // Q high and low parts (bf16)
-         + 2 * kPrefillKeys * hd * 2       // K and V tiles (bf16)
+  return 2 * kPrefillKeys * hd * 2         // K and V tiles (bf16); first Q's two parts
          + kPrefillRows * kPrefillKeys * 4  // scores (f32)
          + 2 * kPrefillRows * kPrefillKeys * 2  // weights, high and low parts (bf16)
          + kPrefillRows * hd * 4            // output accumulator (f32)
@@ -37,11 +36,10 @@ template <int HD>
 __global__ void __launch_bounds__(128) attention_prefill_kernel(AttentionParams p, DeviceStep s) {
   using namespace nvcuda;
   constexpr int BM = kPrefillRows, BN = kPrefillKeys;
+  static_assert(BM == BN, "Q is staged in the key and value tiles");
   HYCO_DYNAMIC_SMEM(smem);
-  __nv_bfloat16* Qh = reinterpret_cast<__nv_bfloat16*>(smem);  // [BM][HD]
-  __nv_bfloat16* Ql = Qh + BM * HD;                              // [BM][HD]
-  __nv_bfloat16* Ks = Ql + BM * HD;                              // [BN][HD]
-  __nv_bfloat16* Vs = Ks + BN * HD;                              // [BN][HD]
+  __nv_bfloat16* Ks = reinterpret_cast<__nv_bfloat16*>(smem);  // [BN][HD] (first: Q's high part)
+  __nv_bfloat16* Vs = Ks + BN * HD;                              // [BN][HD] (first: Q's low part)
   float* Ss = reinterpret_cast<float*>(Vs + BN * HD);            // [BM][BN]
   __nv_bfloat16* Ph = reinterpret_cast<__nv_bfloat16*>(Ss + BM * BN);  // [BM][BN]
   __nv_bfloat16* Pl = Ph + BM * BN;                                    // [BM][BN]
@@ -65,8 +63,8 @@ __global__ void __launch_bounds__(128) attention_prefill_kernel(AttentionParams 
     const float x =
         r < n_rows ? p.qkv[int64_t(sp.tok_start + t0 + r) * p.qkv_stride + int64_t(h) * HD + d] * p.scale : 0.0f;
     const __nv_bfloat16 hi = to_bf16(x);
-    Qh[idx] = hi;
-    Ql[idx] = to_bf16(x - from_bf16(hi));
+    Ks[idx] = hi;
+    Vs[idx] = to_bf16(x - from_bf16(hi));
     Os[idx] = 0.0f;
   }
   for (int r = tid; r < BM; r += blockDim.x) {
@@ -74,6 +72,14 @@ __global__ void __launch_bounds__(128) attention_prefill_kernel(AttentionParams 
     Ls[r] = 0.0f;
   }
   __syncthreads();
+  // The warp's 16 query rows stay in registers, as WMMA fragments, for every key tile.
+  const int r0 = warp * 16;
+  wmma::fragment<wmma::matrix_a, 16, 16, 16, __nv_bfloat16, wmma::row_major> qh[HD / 16], ql[HD / 16];
+  for (int k = 0; k < HD / 16; ++k) {
+    wmma::load_matrix_sync(qh[k], Ks + r0 * HD + k * 16, HD);
+    wmma::load_matrix_sync(ql[k], Vs + r0 * HD + k * 16, HD);
+  }
+  __syncthreads();  // before the first key tile overwrites them
 
   auto key_tile = [&](int jb) {
     // Stage keys and values [jb, jb + BN); positions past the rows' last are zero.
@@ -96,21 +102,16 @@ __global__ void __launch_bounds__(128) attention_prefill_kernel(AttentionParams 
     }
     __syncthreads();
 
-    // Scores of the warp's 16 rows: (Qh + Ql) · Kᵀ.
-    const int r0 = warp * 16;
+    // Scores of the warp's 16 rows: (Q high + Q low) · Kᵀ.
     wmma::fragment<wmma::accumulator, 16, 16, 16, float> sacc[BN / 16];
     for (int n = 0; n < BN / 16; ++n) wmma::fill_fragment(sacc[n], 0.0f);
-    for (int k = 0; k < HD / 16; ++k) {
-      wmma::fragment<wmma::matrix_a, 16, 16, 16, __nv_bfloat16, wmma::row_major> ah, al;
-      wmma::load_matrix_sync(ah, Qh + r0 * HD + k * 16, HD);
-      wmma::load_matrix_sync(al, Ql + r0 * HD + k * 16, HD);
+    for (int k = 0; k < HD / 16; ++k)
       for (int n = 0; n < BN / 16; ++n) {
         wmma::fragment<wmma::matrix_b, 16, 16, 16, __nv_bfloat16, wmma::col_major> b;
         wmma::load_matrix_sync(b, Ks + n * 16 * HD + k * 16, HD);
-        wmma::mma_sync(sacc[n], ah, b, sacc[n]);
-        wmma::mma_sync(sacc[n], al, b, sacc[n]);
+        wmma::mma_sync(sacc[n], qh[k], b, sacc[n]);
+        wmma::mma_sync(sacc[n], ql[k], b, sacc[n]);
       }
-    }
     for (int n = 0; n < BN / 16; ++n)
       wmma::store_matrix_sync(Ss + r0 * BN + n * 16, sacc[n], BN, wmma::mem_row_major);
     __syncwarp();
