@@ -6,8 +6,10 @@
 
 #if defined(__CUDACC__)
 #define HYCO_UNROLL _Pragma("unroll")
+#define HYCO_UNROLL_4 _Pragma("unroll 4")
 #else
 #define HYCO_UNROLL
+#define HYCO_UNROLL_4
 #endif
 
 constexpr int kWarps = 4;   // warps per block of the split kernel
@@ -171,6 +173,8 @@ HYCO_UNROLL
     tm[warp][lane] = mine;
     __syncwarp();
     const int n_valid = min(32, v1 - t0);
+    // Unrolled so that several keys' value loads are in flight at once.
+HYCO_UNROLL_4
     for (int k = 0; k < n_valid; ++k) {
       const int64_t vo = tv[warp][k];
       float vv[DL];
