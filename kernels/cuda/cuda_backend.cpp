@@ -141,9 +141,11 @@ class CudaBackend final : public Backend {
     if (bytes > meta_cap_) {
       if (host_meta_) cudaFreeHost(host_meta_);
       host_meta_ = nullptr;
-      meta_cap_ = std::max<size_t>(bytes * 2, 4096);
-      check(cudaMallocHost(&host_meta_, meta_cap_), "pinned meta");
-      dev_meta_ = device_alloc(meta_cap_);
+      meta_cap_ = 0;  // until both buffers exist
+      const size_t cap = std::max<size_t>(bytes * 2, 4096);
+      check(cudaMallocHost(&host_meta_, cap), "pinned meta");
+      dev_meta_ = device_alloc(cap);
+      meta_cap_ = cap;
     }
     char* h = static_cast<char*>(host_meta_);
     char* d = static_cast<char*>(dev_meta_.get());
