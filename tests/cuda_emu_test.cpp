@@ -33,9 +33,6 @@ void emulated_attention(const AttentionParams& p, const DeviceStep& s, const int
   attention_split(p, s, rows, n_rows, plan, ws.data(), nullptr);
   attention_prefill(p, s, nullptr);
 }
-SplitPlan plan_for(const AttentionParams& p, int n_tokens, int max_pos, int n_sms) {
-  return plan_split_attention(p, n_tokens, max_pos, n_sms);
-}
 float round_kv(float x, DType dt) {
   if (dt == DType::BF16) return bf16_to_f32(f32_to_bf16(x));
   if (dt == DType::F16) return f16_to_f32(f32_to_f16(x));
@@ -161,7 +158,7 @@ double run_case(const Case& c, cuda::SplitPlan plan, bool use_plan, bool tiles =
   s.n_prefill_tiles = int32_t(prefill_tiles.size() / 2);
   const int32_t* rows = tiles ? split_rows.data() : nullptr;
   const int n_split = tiles ? int(split_rows.size()) : n_rows;
-  if (!use_plan) plan = cuda::plan_for(p, n_split, *std::max_element(positions.begin(), positions.end()), 132);
+  if (!use_plan) plan = cuda::plan_split_attention(p, n_split, *std::max_element(positions.begin(), positions.end()), 132);
   cuda::emulated_attention(p, s, rows, n_split, plan);
 
   // Direct attention in double.
@@ -243,18 +240,18 @@ TEST_CASE("the split plan fills the GPU on decode and keeps one split per prefil
   p.n_kv_heads = 32;
   p.head_dim = 128;
   // One decoded row at 8K, all-global: 32 blocks alone; split to about four per SM.
-  cuda::SplitPlan d = cuda::plan_for(p, 1, 8191, 132);
+  cuda::SplitPlan d = cuda::plan_split_attention(p, 1, 8191, 132);
   CHECK(d.n_splits * 32 >= 4 * 132 - 32);
   CHECK(d.split_len % 32 == 0);
   CHECK(int64_t(d.n_splits) * d.split_len >= 8192);
   CHECK(int64_t(d.n_splits - 1) * d.split_len < 8192);
   // A prefill chunk of 512 rows already fills it.
-  CHECK(cuda::plan_for(p, 512, 8191, 132).n_splits == 1);
+  CHECK(cuda::plan_split_attention(p, 512, 8191, 132).n_splits == 1);
   // A local layer splits only what its window and sinks hold.
   p.layout.local = true;
   p.layout.window = 1024;
   p.layout.n_sinks = 4;
-  cuda::SplitPlan l = cuda::plan_for(p, 1, 32767, 132);
+  cuda::SplitPlan l = cuda::plan_split_attention(p, 1, 32767, 132);
   CHECK(int64_t(l.n_splits) * l.split_len >= 1028);
   CHECK(int64_t(l.n_splits) * l.split_len < 1028 + l.split_len);
 }

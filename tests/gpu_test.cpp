@@ -4,6 +4,7 @@
 // Skipped, with a message, on machines without a usable GPU.
 #include <cstdlib>
 #include <string>
+#include <vector>
 
 #include "engine/errors.h"
 #include "engine/kv_cache.h"
@@ -23,19 +24,23 @@ bool gpu_or_skip() {
   WARN("skipped: " << why);
   return false;
 }
+
+// Each case on the GPU against the CPU backend. The CPU's bf16 GEMM may round activations too;
+// both sides then differ from f32 by one bf16 rounding, so twice the case's bound.
+void check_against_cpu(Backend& gpu, const std::vector<OpCase>& cases) {
+  auto cpu = make_cpu_backend(2);
+  for (const auto& c : cases) {
+    double e = nmse(c.run(gpu), c.run(*cpu));
+    INFO(c.name << ": nmse " << e << " (max " << c.max_nmse << ")");
+    CHECK(e <= 2 * c.max_nmse + 1e-12);
+  }
+}
 }  // namespace
 
 TEST_CASE("every op on the GPU matches the CPU backend", "[gpu]") {
   if (!gpu_or_skip()) return;
-  auto cpu = make_cpu_backend(2);
   auto gpu = make_cuda_backend();
-  for (const auto& c : backend_op_cases()) {
-    double e = nmse(c.run(*gpu), c.run(*cpu));
-    INFO(c.name << ": nmse " << e << " (max " << c.max_nmse << ")");
-    // The CPU's bf16 GEMM may round activations too; both sides then differ from f32 by one
-    // bf16 rounding, so twice the case's bound.
-    CHECK(e <= 2 * c.max_nmse + 1e-12);
-  }
+  check_against_cpu(*gpu, backend_op_cases());
 }
 
 TEST_CASE("GPU logits and greedy tokens match the PyTorch reference for every suite model", "[gpu]") {
@@ -90,16 +95,10 @@ TEST_CASE("the first attention kernel (HYCO_CUDA_ATTENTION=naive) matches the CP
   // and 128; prefill tiles with a bf16 cache) and the first kernel elsewhere; this runs every
   // attention case through the first one.
   if (!gpu_or_skip()) return;
-  auto cpu = make_cpu_backend(2);
   setenv("HYCO_CUDA_ATTENTION", "naive", 1);
   auto gpu = make_cuda_backend();
   unsetenv("HYCO_CUDA_ATTENTION");
-  for (DType kv : {DType::F32, DType::BF16})
-    for (const auto& c : attention_cases(kv)) {
-      double e = nmse(c.run(*gpu), c.run(*cpu));
-      INFO(c.name << ": nmse " << e << " (max " << c.max_nmse << ")");
-      CHECK(e <= 2 * c.max_nmse + 1e-12);
-    }
+  for (DType kv : {DType::F32, DType::BF16}) check_against_cpu(*gpu, attention_cases(kv));
 }
 
 TEST_CASE("the CUDA backend refuses an 8-bit KV cache and says what to use", "[gpu]") {
