@@ -270,6 +270,7 @@ void Scheduler::admit() {
 }
 
 bool Scheduler::run_batch() {
+  const auto t_step = Clock::now();
   batch_.clear();
   batch_owner_.clear();
   int32_t budget = cfg_.batch_tokens;
@@ -283,6 +284,7 @@ bool Scheduler::run_batch() {
     }
   }
   // Then prefill chunks, oldest request first, within what is left of the budget.
+  int32_t n_prefill = 0;
   for (auto& ap : running_) {
     Active& a = *ap;
     if (a.n_computed >= a.n_prompt || budget <= 0) continue;
@@ -292,6 +294,7 @@ bool Scheduler::run_batch() {
                a.req.prompt_logprobs);
     batch_owner_.push_back(&a);
     budget -= n;
+    n_prefill += n;
   }
   if (batch_.spans.empty()) return false;
 
@@ -339,8 +342,16 @@ bool Scheduler::run_batch() {
     ++row;
   }
   running_.remove_if([](const std::unique_ptr<Active>& a) { return a->done; });
+  const double seconds = std::chrono::duration<double>(Clock::now() - t_step).count();
   std::lock_guard<std::mutex> lk(mu_);
   ++stats_.n_steps;
+  stats_.n_prefill_tokens += uint64_t(n_prefill);
+  if (n_prefill > 0) {
+    ++stats_.n_steps_prefill;
+    stats_.step_seconds_prefill += seconds;
+  } else {
+    stats_.step_seconds_decode += seconds;
+  }
   return true;
 }
 

@@ -42,6 +42,14 @@ struct SchedulerStats {
   uint64_t n_steps = 0;
   uint64_t n_finished = 0, n_cancelled = 0, n_errors = 0, n_rejected = 0;
   uint64_t n_prompt_tokens = 0, n_cached_tokens = 0, n_generated_tokens = 0;
+  // Prompt tokens computed by forward steps (not reused from the cache).
+  uint64_t n_prefill_tokens = 0;
+  // Forward steps that carried prefill chunks (the rest only decoded), and the seconds spent in
+  // each kind of step: the forward and the sampling and emitting after it. What the loop spends
+  // outside steps (admission, waiting for work, other threads on the same cores) is wall time
+  // minus both.
+  uint64_t n_steps_prefill = 0;
+  double step_seconds_decode = 0, step_seconds_prefill = 0;
 };
 
 struct SlotInfo {

@@ -77,7 +77,17 @@ std::string Metrics::render(const SchedulerStats& s, bool ready) const {
   counter("hyco_cancelled_total", "Generations cancelled (client gone, deadline, shutdown).", s.n_cancelled);
   counter("hyco_errors_total", "Generations that ended in an error.", s.n_errors);
   counter("hyco_rejected_total", "Requests refused because the queue was full.", s.n_rejected);
+  counter("hyco_prefill_tokens_total", "Prompt tokens computed (the rest of the prompt tokens were reused).",
+          s.n_prefill_tokens);
   counter("hyco_scheduler_steps_total", "Forward steps run by the scheduler.", s.n_steps);
+  counter("hyco_scheduler_prefill_steps_total", "Forward steps that carried prompt chunks (the rest only decoded).",
+          s.n_steps_prefill);
+  out += "# HELP hyco_scheduler_step_seconds_total Seconds in forward steps (forward, sampling, emitting), by kind.\n"
+         "# TYPE hyco_scheduler_step_seconds_total counter\n";
+  std::snprintf(buf, sizeof buf, "hyco_scheduler_step_seconds_total{kind=\"decode\"} %.6f\n", s.step_seconds_decode);
+  out += buf;
+  std::snprintf(buf, sizeof buf, "hyco_scheduler_step_seconds_total{kind=\"prefill\"} %.6f\n", s.step_seconds_prefill);
+  out += buf;
   gauge("hyco_ready", "1 once the model is loaded.", ready ? 1 : 0);
   gauge("hyco_queue_depth", "Requests waiting for a slot.", s.n_waiting);
   gauge("hyco_running_sequences", "Sequences being generated.", s.n_running);

@@ -101,6 +101,8 @@ TEST_CASE("running streams decode every step while a long prompt is prefilled in
   r.sched->step();  // both prompts in one batch, each gets its first token
   REQUIRE(r.model.batches.size() == 1);
   CHECK(r.model.batches[0].spans.size() == 2);
+  CHECK(r.sched->stats().n_prefill_tokens == 9);
+  CHECK(r.sched->stats().n_steps_prefill == 1);
   auto c = r.submit(seq_tokens(80, 100), 5, "c");
   int prefill_steps = 0;
   for (int step = 0; step < 8; ++step) {
@@ -115,10 +117,24 @@ TEST_CASE("running streams decode every step while a long prompt is prefilled in
   }
   CHECK(prefill_steps == 8);  // ceil(100 / 14)
   CHECK(r.sched->slots()[2].n_computed == 100);
+  // Step accounting (the /metrics counters): every prompt token once, 9 steps with prompt
+  // chunks, and decode-only steps timed apart from them.
+  SchedulerStats st = r.sched->stats();
+  CHECK(st.n_prefill_tokens == 109);
+  CHECK(st.n_steps == 9);
+  CHECK(st.n_steps_prefill == 9);
+  CHECK(st.step_seconds_prefill > 0);
+  CHECK(st.step_seconds_decode == 0);
   auto da = drain(*a);
   CHECK(da.tokens == seq_tokens(6, 9));  // one token per step: no stall during c's prefill
   auto dc = drain(*c);
   CHECK(dc.tokens == std::vector<int32_t>{180 % 200});
+  r.sched->step();  // decode only
+  st = r.sched->stats();
+  CHECK(st.n_steps == 10);
+  CHECK(st.n_steps_prefill == 9);
+  CHECK(st.n_prefill_tokens == 109);
+  CHECK(st.step_seconds_decode > 0);
 }
 
 TEST_CASE("at most parallel sequences run and waiting requests start in arrival order", "[scheduler]") {
@@ -274,6 +290,7 @@ TEST_CASE("a prompt that extends a finished one reuses its cached prefix", "[sch
   REQUIRE(db.finish);
   CHECK(db.finish->n_cached == 30);
   CHECK(r.sched->stats().n_cached_tokens == 30);
+  CHECK(r.sched->stats().n_prefill_tokens == 30 + 2);  // a's prompt, then only what b added
   // And the output is the one a fresh computation gives (the fake continues from the last token).
   CHECK(db.tokens == std::vector<int32_t>{9, 10, 11, 12});
 }

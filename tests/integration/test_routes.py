@@ -375,11 +375,28 @@ class OpsRoutes(h.ServerTest, Shapes):
         for name in ("hyco_requests_total", "hyco_prompt_tokens_total", "hyco_generated_tokens_total",
                      "hyco_time_to_first_token_seconds", "hyco_inter_token_seconds",
                      "hyco_queue_depth", "hyco_running_sequences", "hyco_kv_bytes_used",
-                     "hyco_cancelled_total", "hyco_client_disconnects_total"):
+                     "hyco_cancelled_total", "hyco_client_disconnects_total", "hyco_prefill_tokens_total",
+                     "hyco_scheduler_prefill_steps_total", "hyco_scheduler_step_seconds_total"):
             self.assertIn(name, types, f"/metrics lacks {name}")
         self.assertGreaterEqual(m['hyco_requests_total{route="/completion",status="200"}'], 1)
         self.assertGreaterEqual(m["hyco_generated_tokens_total"], 4)
         self.assertGreaterEqual(m["hyco_time_to_first_token_seconds_count"], 1)
+
+    def test_metrics_account_for_prefill_and_steps(self):
+        # One request alone, its prompt computed afresh: its prompt tokens are prefill tokens, the
+        # step that computes them is the one step with a prompt chunk (it also samples the first
+        # token), and each later token takes a decode-only step. Both kinds of step are timed.
+        before = self.server.metrics()
+        r = self.server.post_json("/completion", {"prompt": PLAIN["prompt"] + " // metrics", "n_predict": 3,
+                                                  "temperature": 0, "cache_prompt": False})
+        after = self.server.metrics()
+        d = {k: after[k] - before.get(k, 0.0) for k in after}
+        self.assertEqual(d["hyco_prefill_tokens_total"], r["tokens_evaluated"])
+        self.assertEqual(d["hyco_prompt_tokens_total"], r["tokens_evaluated"])
+        self.assertEqual(d["hyco_scheduler_prefill_steps_total"], 1)
+        self.assertEqual(d["hyco_scheduler_steps_total"], r["tokens_predicted"])
+        self.assertGreater(d['hyco_scheduler_step_seconds_total{kind="prefill"}'], 0)
+        self.assertGreater(d['hyco_scheduler_step_seconds_total{kind="decode"}'], 0)
 
     def test_unknown_route_is_404(self):
         r = self.server.get("/v2/nothing")
