@@ -3,7 +3,8 @@
 
 Each client edits its own source file: FIM requests with a ~2K-token prefix and ~200-token
 suffix; every request is the same file with the cursor a few characters further on (the user
-typed them), as llama.vim/llama.vscode send it — so prefix reuse matters. Requests go to
+typed them), as llama.vim/llama.vscode send it — so prefix reuse matters — and every ~36
+requests the user moves to another place in the file (the whole prompt is new). Requests go to
 /infill, streaming, 64 new tokens (EOS ignored so every request generates the same amount).
 
 Each level runs N clients in a closed loop for --duration seconds (each sends its next request
@@ -56,6 +57,29 @@ class Server:
         data = r.read()
         c.close()
         return r.status, data
+
+    def n_tokens(self, text):
+        """Tokens of text by the server's /tokenize."""
+        c = http.client.HTTPConnection(self.host, self.port, timeout=60)
+        c.request("POST", "/tokenize", body=json.dumps({"content": text}), headers=self.headers)
+        r = c.getresponse()
+        data = r.read()
+        c.close()
+        if r.status != 200:
+            raise RuntimeError(f"/tokenize: {r.status} {data[:200]!r}")
+        return len(json.loads(data)["tokens"])
+
+    def metrics(self):
+        """{sample name with labels: value} of /metrics."""
+        status, data = self.get("/metrics")
+        if status != 200:
+            return {}
+        out = {}
+        for line in data.decode().splitlines():
+            if line and not line.startswith("#"):
+                name, value = line.rsplit(" ", 1)
+                out[name] = float(value)
+        return out
 
     def stream_infill(self, body):
         """Streams /infill; returns (ttft_s, token_times, n_tokens, tokens_cached, status).
@@ -150,18 +174,34 @@ def load_sources(path, min_bytes):
 
 
 class Doc:
-    """One client's file: the cursor starts so that the prefix is ~prefix_tokens long."""
+    """One client's file. The user types the text that follows the cursor, a few characters per
+    request (the prefix grows, the suffix stays); after ~200 characters they move to another
+    place in the file, where the prefix is again ~prefix_tokens long, and the whole prompt is
+    computed again. Every request of every client thus has about the same prompt, whatever the
+    number of clients and however long the run."""
+
+    GAP = 200  # characters typed at one place before moving on
 
     def __init__(self, server, text, prefix_tokens, suffix_tokens, rng):
-        n_bytes_per_token = 3.5
-        want_pre = int(prefix_tokens * n_bytes_per_token)
-        want_suf = int(suffix_tokens * n_bytes_per_token)
-        start = max(0, len(text) - want_pre - want_suf - 400)
-        start = rng.randint(0, start) if start > 0 else 0
-        self.text = text[start:]
-        self.cursor = min(want_pre, len(self.text) - want_suf - 200)
-        self.gap = 200  # characters of the real file the "user" types, one burst at a time
-        self.want_suf = want_suf
+        # Characters per token of this file (the model's tokenizer), so that every file's prompt
+        # has about the same number of tokens.
+        sample = text[:16000]
+        n_bytes_per_token = len(sample) / max(1, server.n_tokens(sample))
+        self.full = text
+        self.want_pre = int(prefix_tokens * n_bytes_per_token)
+        self.want_suf = int(suffix_tokens * n_bytes_per_token)
+        self.move(rng)
+        # Each client starts at its own point of the typing cycle, so that the moves, the costly
+        # requests, are spread over the run instead of falling together.
+        self.gap = rng.randint(20, self.GAP + 19)
+
+    def move(self, rng):
+        """The cursor goes to a random place with ~want_pre characters before it."""
+        last = max(0, len(self.full) - self.want_pre - self.want_suf - self.GAP - 20)
+        start = rng.randint(0, last)
+        self.text = self.full[start:]
+        self.cursor = min(self.want_pre, len(self.text))
+        self.gap = self.GAP
 
     def request(self, n_predict, cache_prompt=True):
         prefix = self.text[: self.cursor]
@@ -174,7 +214,7 @@ class Doc:
         self.cursor += k
         self.gap -= k
         if self.gap < 20:
-            self.gap += 200
+            self.move(rng)
 
 
 def run_level(server, docs, n_clients, duration, n_predict, seed, warmup):
@@ -225,20 +265,44 @@ def run_level(server, docs, n_clients, duration, n_predict, seed, warmup):
     # Every client has warmed up its file when the barrier opens; the window starts then.
     while start.n_waiting < n_clients:
         time.sleep(0.01)
+    m0 = server.metrics()
     t0 = time.perf_counter()
     window["end"] = t0 + duration
     start.wait()
+    time.sleep(max(0.0, window["end"] - time.perf_counter()))
+    m1 = server.metrics()
     for t in threads:
         t.join()
+    d = {k: v - m0.get(k, 0.0) for k, v in m1.items()}
     return {"clients": n_clients, "requests": requests, "errors": errors, "statuses": statuses,
             "ttft_p50_ms": 1e3 * percentile(ttfts, 50), "ttft_p99_ms": 1e3 * percentile(ttfts, 99),
             "itl_p50_ms": 1e3 * percentile(itls, 50), "itl_p99_ms": 1e3 * percentile(itls, 99),
-            "generated_tokens": tokens, "wall_s": duration, "tokens_per_s": tokens / duration}
+            "generated_tokens": tokens, "wall_s": duration, "tokens_per_s": tokens / duration,
+            "server": server_split(d, duration)}
+
+
+def server_split(d, duration):
+    """Where the server's time went during the window, from its /metrics counters: prompt tokens
+    computed per generated token, and the shares of the window spent in decode-only steps, in
+    steps that carried prompt chunks, and outside steps (admission, HTTP work and the load
+    generator on the same cores, idle)."""
+    gen = d.get("hyco_generated_tokens_total", 0.0)
+    dec = d.get('hyco_scheduler_step_seconds_total{kind="decode"}', 0.0)
+    pre = d.get('hyco_scheduler_step_seconds_total{kind="prefill"}', 0.0)
+    steps = d.get("hyco_scheduler_steps_total", 0.0)
+    return {"prefill_tokens": d.get("hyco_prefill_tokens_total", 0.0), "generated_tokens": gen,
+            "prefill_per_generated": d.get("hyco_prefill_tokens_total", 0.0) / gen if gen else float("nan"),
+            "steps": steps, "prefill_steps": d.get("hyco_scheduler_prefill_steps_total", 0.0),
+            "decode_share": dec / duration, "prefill_share": pre / duration,
+            "other_share": 1.0 - (dec + pre) / duration,
+            "decode_step_ms": 1e3 * dec / (steps - d.get("hyco_scheduler_prefill_steps_total", 0.0))
+            if steps > d.get("hyco_scheduler_prefill_steps_total", 0.0) else float("nan")}
 
 
 def cursor_moved(server, doc, n_predict, repeats=5):
     """TTFT of a request after a keystroke, with and without reuse of the cached prompt (medians
     of `repeats` keystrokes)."""
+    doc.gap = Doc.GAP  # no move during these keystrokes
     server.stream_infill(doc.request(n_predict))  # the request before the first keystroke
     warm, cold, cached = [], [], []
     for _ in range(repeats):
@@ -275,7 +339,7 @@ def main():
     status, _ = server.get("/health")
     if status != 200:
         sys.exit(f"server at {args.url} is not ready (/health {status})")
-    need = int((args.prefix_tokens + args.suffix_tokens) * 3.5) + 1200
+    need = int((args.prefix_tokens + args.suffix_tokens) * 5) + 1200  # room for up to 5 bytes per token
     sources = load_sources(args.sources, need)
     if not sources:
         sys.exit(f"no source file of at least {need} bytes under {args.sources}")
@@ -286,14 +350,18 @@ def main():
     print(f"# {props.get('model_alias')} on {props.get('backend')}, {props.get('total_slots')} slots; "
           f"prefix ~{args.prefix_tokens} tokens, suffix ~{args.suffix_tokens}, {args.n_predict} new tokens, "
           f"{args.duration:g} s per level")
-    print(f"{'clients':>7} {'reqs':>5} {'err':>4} | {'TTFT p50':>9} {'p99':>8} ms | {'ITL p50':>8} {'p99':>7} ms | {'tok/s':>8}")
+    print(f"{'clients':>7} {'reqs':>5} {'err':>4} | {'TTFT p50':>9} {'p99':>8} ms | {'ITL p50':>8} {'p99':>7} ms | {'tok/s':>8} | "
+          f"server: prefill/gen, time in decode / prefill steps / other, decode step ms")
     for n in levels:
         docs = [Doc(server, sources[(i * 7919) % len(sources)], args.prefix_tokens, args.suffix_tokens, rng)
                 for i in range(n)]
         r = run_level(server, docs, n, args.duration, args.n_predict, args.seed, args.warmup)
         out["levels"].append(r)
+        sv = r["server"]
         print(f"{n:7d} {r['requests']:5d} {r['errors']:4d} | {r['ttft_p50_ms']:9.1f} {r['ttft_p99_ms']:8.1f}    | "
-              f"{r['itl_p50_ms']:8.2f} {r['itl_p99_ms']:7.2f}    | {r['tokens_per_s']:8.1f}", flush=True)
+              f"{r['itl_p50_ms']:8.2f} {r['itl_p99_ms']:7.2f}    | {r['tokens_per_s']:8.1f} | "
+              f"{sv['prefill_per_generated']:.2f}, {100 * sv['decode_share']:.0f}% / {100 * sv['prefill_share']:.0f}% / "
+              f"{100 * sv['other_share']:.0f}%, {sv['decode_step_ms']:.2f}", flush=True)
     if len(out["levels"]) > 1 and out["levels"][0]["tokens_per_s"] > 0:
         base = out["levels"][0]["tokens_per_s"]
         for r in out["levels"]:
