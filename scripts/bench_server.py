@@ -285,7 +285,8 @@ def server_split(d, duration):
     """Where the server's time went during the window, from its /metrics counters: prompt tokens
     computed per generated token, and the shares of the window spent in decode-only steps, in
     steps that carried prompt chunks, and outside steps (admission, HTTP work and the load
-    generator on the same cores, idle)."""
+    generator on the same cores, idle). Steps are counted when they end, so the shares are off
+    by a step or two at the window's ends (the "outside" share can read slightly negative)."""
     gen = d.get("hyco_generated_tokens_total", 0.0)
     dec = d.get('hyco_scheduler_step_seconds_total{kind="decode"}', 0.0)
     pre = d.get('hyco_scheduler_step_seconds_total{kind="prefill"}', 0.0)
