@@ -386,11 +386,16 @@ class OpsRoutes(h.ServerTest, Shapes):
         # One request alone, its prompt computed afresh: its prompt tokens are prefill tokens, the
         # step that computes them is the one step with a prompt chunk (it also samples the first
         # token), and each later token takes a decode-only step. Both kinds of step are timed.
+        self.server.wait_for(lambda: self.server.metrics()["hyco_running_sequences"] == 0, what="an idle server")
         before = self.server.metrics()
         r = self.server.post_json("/completion", {"prompt": PLAIN["prompt"] + " // metrics", "n_predict": 3,
                                                   "temperature": 0, "cache_prompt": False})
-        after = self.server.metrics()
-        d = {k: after[k] - before.get(k, 0.0) for k in after}
+        # A step is counted when it has ended, which can be just after the response went out.
+        def settled():
+            after = self.server.metrics()
+            d = {k: after[k] - before.get(k, 0.0) for k in after}
+            return d if d["hyco_scheduler_steps_total"] >= r["tokens_predicted"] else None
+        d = self.server.wait_for(settled, what="the last step counted")
         self.assertEqual(d["hyco_prefill_tokens_total"], r["tokens_evaluated"])
         self.assertEqual(d["hyco_prompt_tokens_total"], r["tokens_evaluated"])
         self.assertEqual(d["hyco_scheduler_prefill_steps_total"], 1)
