@@ -73,6 +73,23 @@ struct Finish {
 
 using Event = std::variant<Chunk, Finish>;
 
+// Wakes a reader that follows several handles (the n choices of one request): every event
+// pushed to any of them counts. The reader takes count(), drains its handles without waiting,
+// and only if they were all empty waits for the count to move on — an event pushed in between
+// is never missed.
+class EventSignal {
+ public:
+  uint64_t count() const;
+  void notify();
+  // Until count() differs from `seen`, or `timeout`.
+  void wait(uint64_t seen, std::chrono::milliseconds timeout);
+
+ private:
+  mutable std::mutex mu_;
+  std::condition_variable cv_;
+  uint64_t n_ = 0;
+};
+
 // Shared by the submitting thread and the scheduler. The client reads events until a Finish;
 // cancel() (client gone) frees the request's sequence within one scheduler step.
 class RequestHandle {
@@ -82,6 +99,9 @@ class RequestHandle {
 
   // Next event, or nullopt after `timeout` with none.
   std::optional<Event> next(std::chrono::milliseconds timeout);
+  // Every later event also notifies `s`, or only the Finish with `finish_only` (a reader that
+  // sends nothing before the end need not wake for each token); so does one already waiting.
+  void set_signal(std::shared_ptr<EventSignal> s, bool finish_only = false);
   // Scheduler side.
   void push(Event e);
   bool finished() const { return finished_.load(); }
@@ -92,6 +112,8 @@ class RequestHandle {
   std::mutex mu_;
   std::condition_variable cv_;
   std::deque<Event> events_;
+  std::shared_ptr<EventSignal> signal_;
+  bool signal_finish_only_ = false;
 };
 
 }  // namespace hyco

@@ -1,6 +1,7 @@
 // The scheduler loop: admission with prefix reuse and KV reservation, cancellation, one batch
 // per step (decode tokens first, then prefill chunks in admission order), sampling and stops.
 #include "engine/scheduler.h"
+#include "engine/thread_name.h"
 
 #include <algorithm>
 #include <cmath>
@@ -28,13 +29,46 @@ std::optional<Event> RequestHandle::next(std::chrono::milliseconds timeout) {
   return e;
 }
 
-void RequestHandle::push(Event e) {
+void RequestHandle::set_signal(std::shared_ptr<EventSignal> s, bool finish_only) {
+  bool pending;
   {
     std::lock_guard<std::mutex> lk(mu_);
-    if (std::holds_alternative<Finish>(e)) finished_.store(true);
+    signal_ = s;
+    signal_finish_only_ = finish_only;
+    pending = finish_only ? finished_.load() : !events_.empty();
+  }
+  if (pending && s) s->notify();
+}
+
+void RequestHandle::push(Event e) {
+  std::shared_ptr<EventSignal> s;
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    const bool finish = std::holds_alternative<Finish>(e);
+    if (finish) finished_.store(true);
     events_.push_back(std::move(e));
+    if (finish || !signal_finish_only_) s = signal_;
   }
   cv_.notify_all();
+  if (s) s->notify();
+}
+
+uint64_t EventSignal::count() const {
+  std::lock_guard<std::mutex> lk(mu_);
+  return n_;
+}
+
+void EventSignal::notify() {
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    ++n_;
+  }
+  cv_.notify_all();
+}
+
+void EventSignal::wait(uint64_t seen, std::chrono::milliseconds timeout) {
+  std::unique_lock<std::mutex> lk(mu_);
+  cv_.wait_for(lk, timeout, [&] { return n_ != seen; });
 }
 
 namespace {
@@ -80,7 +114,10 @@ Scheduler::Scheduler(StepExecutor& exec, KvCache& kv, const Tokenizer* tok, cons
   slots_.resize(size_t(cfg_.parallel));
   for (int32_t i = 0; i < cfg_.parallel; ++i) slots_[size_t(i)].id = i;
   publish();
-  if (start_thread) thread_ = std::thread([this] { loop(); });
+  if (start_thread) thread_ = std::thread([this] {
+    name_this_thread("hyco-sched");
+    loop();
+  });
 }
 
 Scheduler::~Scheduler() { shutdown(); }

@@ -18,6 +18,7 @@
 #include <httplib.h>
 #include <spdlog/spdlog.h>
 
+#include "engine/thread_name.h"
 #include "server/dialect.h"
 #include "server/json_fields.h"
 
@@ -26,6 +27,22 @@ namespace hyco {
 namespace jf = json_fields;
 
 namespace {
+
+// httplib's pool, its threads named hyco-http (on their first connection).
+class NamedThreadPool : public httplib::ThreadPool {
+ public:
+  using httplib::ThreadPool::ThreadPool;
+  void enqueue(std::function<void()> fn) override {
+    httplib::ThreadPool::enqueue([fn = std::move(fn)] {
+      thread_local bool named = false;
+      if (!named) {
+        name_this_thread("hyco-http");
+        named = true;
+      }
+      fn();
+    });
+  }
+};
 
 const std::set<std::string> kRoutes = {
     "/health", "/v1/models", "/metrics", "/tokenize", "/detokenize", "/v1/completions", "/v1/fim/completions",
@@ -281,6 +298,7 @@ struct HttpServer::Impl {
 
   struct Flow {
     std::vector<std::shared_ptr<RequestHandle>> handles;
+    std::shared_ptr<EventSignal> signal = std::make_shared<EventSignal>();  // any handle's event
     std::vector<ChoiceState> states;
     std::unique_ptr<CompletionFormatter> fmt;
     bool stream = false, sse = true;
@@ -321,6 +339,7 @@ struct HttpServer::Impl {
         st.first_prompt_token = preps[i].req.prompt.front();
         flow->states.push_back(std::move(st));
         flow->handles.push_back(svc.submit(std::move(preps[i].req)));
+        flow->handles.back()->set_signal(flow->signal, !flow->stream);
       }
     } catch (...) {
       for (auto& h : flow->handles) h->cancel();
@@ -335,9 +354,12 @@ struct HttpServer::Impl {
     res.set_chunked_content_provider(type, [this, flow](size_t, httplib::DataSink& sink) { return pump(*flow, sink); });
   }
 
-  bool write_event(Flow& f, httplib::DataSink& sink, const json& j) {
-    std::string line = j.dump(-1, ' ', false, json::error_handler_t::replace);
-    line = f.sse ? "data: " + line + "\n\n" : line + "\n";
+  // One event, as an SSE "data:" block or an NDJSON line, written at once (one write per event:
+  // a token is on its way as soon as it exists).
+  static bool write_event(const Flow& f, httplib::DataSink& sink, const json& j) {
+    std::string line = f.sse ? "data: " : "";
+    line += j.dump(-1, ' ', false, json::error_handler_t::replace);
+    line += f.sse ? "\n\n" : "\n";
     return sink.write(line.data(), line.size());
   }
 
@@ -365,14 +387,16 @@ struct HttpServer::Impl {
     };
     while (n_done < f.handles.size()) {
       if (!sink.is_writable()) return gone();
+      // Every unfinished choice is drained without waiting; only when none had an event does
+      // the thread sleep, until any choice has one (not streaming: until one has finished), or
+      // 50 ms pass (the client may be gone).
+      const uint64_t seen = f.signal->count();
       bool any = false;
       for (size_t i = 0; i < f.handles.size(); ++i) {
         ChoiceState& st = f.states[i];
         if (st.finish) continue;
-        auto timeout = any || i + 1 < f.handles.size() ? std::chrono::milliseconds(0) : std::chrono::milliseconds(50);
-        while (auto e = f.handles[i]->next(timeout)) {
+        while (auto e = f.handles[i]->next(std::chrono::milliseconds(0))) {
           any = true;
-          timeout = std::chrono::milliseconds(0);
           if (auto* c = std::get_if<Chunk>(&*e)) {
             observe_gaps(f, i, *c);
             st.text += c->text;
@@ -392,6 +416,7 @@ struct HttpServer::Impl {
           }
         }
       }
+      if (!any && n_done < f.handles.size()) f.signal->wait(seen, std::chrono::milliseconds(50));
     }
     if (f.stream) {
       for (const json& j : f.fmt->on_end(f.states))
@@ -658,7 +683,7 @@ HttpServer::HttpServer(CompletionService& svc, Metrics& metrics, const HttpOptio
   s.read_timeout_ms = s.write_timeout_ms = opts.read_timeout_s * 1000;
   s.idle_ms = 5000;  // idle keep-alive
   const int threads = opts.threads > 0 ? opts.threads : 64;
-  s.new_task_queue = [threads] { return new httplib::ThreadPool(size_t(threads)); };
+  s.new_task_queue = [threads] { return new NamedThreadPool(size_t(threads)); };
   impl_->middleware();
   impl_->routes();
 }

@@ -130,6 +130,7 @@ void parse_common_sampling(const json& b, GenerationParams& g, double t_default,
   g.sampling.min_p = float(jf::get_number(b, "min_p", 0, 1).value_or(0));
   g.sampling.repeat_penalty = float(jf::get_number(b, "repeat_penalty", 0.01, 100).value_or(1));
   g.cache_prompt = jf::get_bool(b, "cache_prompt").value_or(true);
+  g.ignore_eos = jf::get_bool(b, "ignore_eos").value_or(false);  // also vLLM's
 }
 
 class OpenAiFormatter : public CompletionFormatter {

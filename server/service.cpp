@@ -7,6 +7,7 @@
 #include <spdlog/spdlog.h>
 
 #include "engine/errors.h"
+#include "engine/thread_name.h"
 #include "kernels/backend_select.h"
 #include "server/api_error.h"
 
@@ -25,6 +26,7 @@ CompletionService::~CompletionService() {
 
 void CompletionService::start_loading() {
   loader_ = std::thread([this] {
+    name_this_thread("hyco-load");
     try {
       load();
     } catch (const std::exception& e) {

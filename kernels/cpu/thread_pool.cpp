@@ -4,6 +4,8 @@
 // a job whose caller has returned.
 #include "kernels/cpu/thread_pool.h"
 
+#include "engine/thread_name.h"
+
 #include <immintrin.h>
 
 #include <chrono>
@@ -50,6 +52,7 @@ void ThreadPool::work(uint64_t gen, int ith) {
 }
 
 void ThreadPool::worker(int ith) {
+  name_this_thread("hyco-pool");
   flush_denormals();
   // Generation 0 is the constructor's: a thread that starts late must still see every later
   // generation, the destructor's included (reading the ticket here could miss it).

@@ -269,6 +269,58 @@ if __name__ == "__main__":
     unittest.main()
 
 
+class ChoicesOfOneRequest(h.ServerTest):
+    """The n choices of one request are relayed by one HTTP thread, which sleeps until any of
+    them has an event: once a choice had finished early, the thread used to poll the others and
+    spin a core until the last one ended."""
+
+    SERVER_ARGS = ("--ctx", "8192")  # room for a long choice
+
+    def thread_cpu_s(self, name):
+        """CPU seconds used so far by the server's threads called `name`."""
+        total = 0
+        task_dir = f"/proc/{self.server.proc.pid}/task"
+        for tid in os.listdir(task_dir):
+            try:
+                with open(os.path.join(task_dir, tid, "stat"), encoding="utf-8") as f:
+                    stat = f.read()
+            except OSError:
+                continue  # the thread ended
+            comm = stat[stat.index("(") + 1: stat.rindex(")")]
+            fields = stat[stat.rindex(")") + 2:].split()
+            if comm == name:
+                total += int(fields[11]) + int(fields[12])  # utime, stime
+        return total / os.sysconf("SC_CLK_TCK")
+
+    def test_a_choice_that_ends_early_does_not_busy_the_relaying_thread(self):
+        names = set()
+        for t in os.listdir(f"/proc/{self.server.proc.pid}/task"):
+            with open(f"/proc/{self.server.proc.pid}/task/{t}/comm", encoding="utf-8") as f:
+                names.add(f.read().strip())
+        self.assertTrue({"hyco-sched", "hyco-http"} <= names, names)
+        prompts = [c["prompt"] for c in h.cases()["plain"]][:2]
+        self.assertEqual(len(prompts), 2)
+        long_n = 8000
+        first = self.server.post_json("/v1/completions", {"prompt": prompts[0], "max_tokens": long_n, "temperature": 0,
+                                                          "ignore_eos": True})["choices"][0]["text"]
+        # A stop string the second prompt's output reaches at once and the first's never does.
+        second = self.server.post_json("/v1/completions", {"prompt": prompts[1], "max_tokens": 8, "temperature": 0,
+                                                           "ignore_eos": True})["choices"][0]["text"]
+        stop = next((second[:k] for k in range(1, len(second) + 1) if second[:k] not in first), None)
+        self.assertIsNotNone(stop, "no stop string tells the two outputs apart")
+        cpu0, t0 = self.thread_cpu_s("hyco-http"), time.time()
+        r = self.server.post_json("/v1/completions", {"prompt": prompts, "max_tokens": long_n, "temperature": 0,
+                                                      "ignore_eos": True, "stop": [stop]})
+        wall, cpu = time.time() - t0, self.thread_cpu_s("hyco-http") - cpu0
+        reasons = {c["index"]: c["finish_reason"] for c in r["choices"]}
+        self.assertEqual(reasons, {0: "length", 1: "stop"}, r["choices"])
+        self.assertEqual(r["choices"][0]["text"], first)
+        self.assertGreater(wall, 0.2, "the long choice should take a while")
+        # Not streaming, the thread sleeps until a choice has finished (a few per cent of the
+        # wall time); polling, it took about a third here (two cores, shared with the engine).
+        self.assertLess(cpu, 0.2 * wall, f"HTTP threads used {cpu:.2f} s of CPU in {wall:.2f} s")
+
+
 class LoadGenerator(h.ServerTest):
     """scripts/bench_server.py, which the README's numbers come from, against the real server:
     its raw-socket stream reader sees the tokens the harness's reader sees, and a short run of
@@ -317,5 +369,8 @@ class LoadGenerator(h.ServerTest):
             # (the tiny model outruns the reader: events that arrive together share a timestamp)
             self.assertGreater(lv["itl_p99_ms"], 0, lv)
             self.assertEqual(lv["statuses"], {"200": lv["requests"]}, lv)
+            # The server's own split of the window (from /metrics).
+            self.assertGreater(lv["server"]["generated_tokens"], 0, lv)
+            self.assertGreater(lv["server"]["decode_share"] + lv["server"]["prefill_share"], 0, lv)
         self.assertGreater(r["cursor_moved"]["tokens_cached"], 0)
         self.assertHealthy()
