@@ -91,17 +91,28 @@ class DeadlineStream final : public httplib::Stream {
   DeadlineStream(socket_t sock, int read_timeout_ms, int write_timeout_ms)
       : sock_(sock), read_timeout_ms_(read_timeout_ms), write_timeout_ms_(write_timeout_ms) {}
 
-  void start_request(Clock::duration limit) {
+  // A new request: it must arrive within `limit`, in at most `max_bytes` (request line, headers
+  // and body; httplib checks the body's size only when it has a Content-Length).
+  void start_request(Clock::duration limit, size_t max_bytes) {
     deadline_ = Clock::now() + limit;
     timed_out_ = false;
+    read_left_ = max_bytes;
+    too_large_ = false;
   }
-  void end_request() { deadline_ = Clock::time_point::max(); }  // the handler runs: no read deadline
+  void end_request() {  // the handler runs: no read deadline, no size limit
+    deadline_ = Clock::time_point::max();
+    read_left_ = SIZE_MAX;
+  }
+  // The body has a Content-Length: httplib checks it, and skips (never buffers) a body over
+  // the limit.
+  void body_has_length() { read_left_ = SIZE_MAX; }
   bool timed_out() const { return timed_out_; }
+  bool too_large() const { return too_large_; }
   bool is_readable_now() const { return buf_pos_ < buf_len_; }
   // After an answer to a request that could not be read whole, the framing of what follows is
   // unknown: the connection closes.
   void close_after_response() { close_ = true; }
-  bool must_close() const { return close_ || timed_out_; }
+  bool must_close() const { return close_ || timed_out_ || too_large_; }
 
   bool is_readable() const override { return buf_pos_ < buf_len_ || wait(POLLIN, read_budget_ms()) > 0; }
   // While the request is still being read (an error answer to it), the answer goes out even to a
@@ -128,6 +139,11 @@ class DeadlineStream final : public httplib::Stream {
       buf_len_ = size_t(n);
     }
     const size_t n = std::min(size, buf_len_ - buf_pos_);
+    if (n > read_left_) {  // the rest stays unread: the answer is 413 and the connection closes
+      too_large_ = true;
+      return -1;
+    }
+    if (read_left_ != SIZE_MAX) read_left_ -= n;
     std::memcpy(ptr, buf_ + buf_pos_, n);
     buf_pos_ += n;
     return ssize_t(n);
@@ -194,7 +210,8 @@ class DeadlineStream final : public httplib::Stream {
   socket_t sock_;
   int read_timeout_ms_, write_timeout_ms_;
   Clock::time_point deadline_ = Clock::time_point::max();
-  bool timed_out_ = false, close_ = false;
+  bool timed_out_ = false, close_ = false, too_large_ = false;
+  size_t read_left_ = SIZE_MAX;  // bytes the current request may still take
   char buf_[4096];
   size_t buf_pos_ = 0, buf_len_ = 0;
 };
@@ -207,6 +224,7 @@ class GuardedServer final : public httplib::Server {
  public:
   std::chrono::milliseconds request_limit{30000};
   int read_timeout_ms = 30000, write_timeout_ms = 30000, idle_ms = 5000;
+  size_t request_max_bytes = SIZE_MAX;  // request line, headers and body
 
  private:
   bool process_and_close_socket(socket_t sock) override {
@@ -214,7 +232,7 @@ class GuardedServer final : public httplib::Server {
     tl_stream = &strm;
     bool ok = false;
     for (size_t left = keep_alive_max_count_; left > 0 && svr_sock_ != INVALID_SOCKET && wait_for_request(strm); --left) {
-      strm.start_request(request_limit);
+      strm.start_request(request_limit, request_max_bytes);
       bool closed = false;
       ok = process_request(strm, left == 1, closed, nullptr);
       if (!ok || closed || strm.must_close()) break;
@@ -612,6 +630,10 @@ struct HttpServer::Impl {
 
   void middleware() {
     svr.set_pre_routing_handler([this](const httplib::Request& req, httplib::Response& res) {
+      // Runs before the body is read. Only a body without a length (chunked, or read to the end
+      // of the connection) is held to --max-body while it arrives.
+      if (tl_stream && req.has_header("Content-Length") && !req.has_header("Transfer-Encoding"))
+        tl_stream->body_has_length();
       cors(req, res);
       if (req.method == "OPTIONS" || opts.api_key.empty() || req.path == "/health")
         return httplib::Server::HandlerResponse::Unhandled;
@@ -620,6 +642,9 @@ struct HttpServer::Impl {
       std::string given = auth.rfind(prefix, 0) == 0 ? auth.substr(prefix.size()) : std::string();
       if (!constant_time_equal(given, opts.api_key)) {
         res.set_header("WWW-Authenticate", "Bearer");
+        // The body stays unread: the connection cannot carry another request.
+        if (tl_stream) tl_stream->close_after_response();
+        res.set_header("Connection", "close");
         send_error(res, style_for(req.path),
                    ApiError(401, auth.empty() ? "missing API key: send 'Authorization: Bearer <key>'" : "invalid API key",
                             "", "invalid_api_key"));
@@ -628,6 +653,14 @@ struct HttpServer::Impl {
       return httplib::Server::HandlerResponse::Unhandled;
     });
     svr.set_error_handler([this](const httplib::Request& req, httplib::Response& res) {
+      if (tl_stream && tl_stream->too_large()) {
+        res.status = 413;
+        res.set_header("Connection", "close");
+        send_error(res, style_for(req.path),
+                   ApiError(413, "request body too large: over " + std::to_string(opts.max_body_bytes) +
+                                     " bytes (--max-body); the rest was not read and the connection is closed"));
+        return;
+      }
       if (tl_stream && tl_stream->timed_out()) {
         res.status = 408;
         res.set_header("Connection", "close");
@@ -679,6 +712,7 @@ HttpServer::HttpServer(CompletionService& svc, Metrics& metrics, const HttpOptio
     setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, reinterpret_cast<const void*>(&yes), sizeof(yes));
   });
   s.set_payload_max_length(opts.max_body_bytes);
+  s.request_max_bytes = opts.max_body_bytes + (64 << 10);  // headers besides (httplib allows 8 KiB a line)
   s.request_limit = std::chrono::milliseconds(int64_t(opts.read_timeout_s) * 1000);
   s.read_timeout_ms = s.write_timeout_ms = opts.read_timeout_s * 1000;
   s.idle_ms = 5000;  // idle keep-alive

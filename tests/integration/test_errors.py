@@ -497,9 +497,43 @@ class Limits(h.ServerTest):
         self.assertTrue(data.startswith(b"HTTP/1.1 413 "), data[:200])
         self.assertHealthy()
 
+    def test_endless_chunked_body_is_cut_off(self):
+        # A chunked body has no length up front: the server stops reading once the request is
+        # past --max-body (it used to buffer all of it, then answer 413), answers 413 and closes.
+        total, sent, part = 256 << 20, 0, b"x" * 65536
+        with socket.create_connection(("127.0.0.1", self.server.port), timeout=10) as s:
+            s.sendall(b"POST /completion HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+                      b"Content-Type: application/json\r\n\r\n")
+            try:
+                while sent < total:
+                    s.sendall(b"%x\r\n" % len(part) + part + b"\r\n")
+                    sent += len(part)
+            except OSError:
+                pass  # the server closed the connection
+            data = read_all(s)
+        self.assertTrue(data.startswith(b"HTTP/1.1 413 "), data[:200])
+        self.assertIn(b"--max-body", data)
+        # What the socket buffers took before the close, far from the whole body.
+        self.assertLess(sent, 64 << 20)
+        self.assertHealthy()
+
 
 class ApiKey(h.ServerTest):
     SERVER_ARGS = ("--threads", "1", "--api-key", "sekrit-key")
+
+    def test_refused_request_with_a_body_closes_the_connection(self):
+        # The 401 comes before the body is read: the unread body must not be taken for the next
+        # request on a kept-alive connection (it used to be, and got a 400 of its own).
+        body = json.dumps(llama()).encode()
+        with socket.create_connection(("127.0.0.1", self.server.port), timeout=10) as s:
+            s.sendall(b"POST /completion HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                      b"Content-Length: %d\r\n\r\n" % len(body) + body +
+                      b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+            data = read_all(s)
+        self.assertTrue(data.startswith(b"HTTP/1.1 401 "), data[:200])
+        self.assertEqual(data.count(b"HTTP/1.1 "), 1, data)
+        self.assertIn(b"Connection: close", data)
+        self.assertHealthy()
 
     def test_health_is_open(self):
         self.assertHealthy()
