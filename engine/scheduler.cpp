@@ -357,12 +357,15 @@ bool Scheduler::run_batch() {
         const int32_t next = a.tokens[size_t(pos0 + k + 1)];
         TokenOut t;
         t.id = next;
-        const std::span<const float> r(logits_.data() + (row + size_t(k)) * V, V);
+        float* rk = logits_.data() + (row + size_t(k)) * V;
+        // As for sampling: ids past the tokenizer's vocabulary (a padded one) are not tokens.
+        if (tok_ && size_t(tok_->n_vocab()) < V) std::fill(rk + tok_->n_vocab(), rk + V, -INFINITY);
+        const std::span<const float> r(rk, V);
         t.logprob = Sampler::logprob_of(r, next);
         if (a.req.sampling.n_probs > 0) t.top = Sampler::top_logprobs(r, a.req.sampling.n_probs);
         c.prompt.push_back(std::move(t));
       }
-      emit(a, std::move(c), now);
+      if (!c.prompt.empty()) emit(a, std::move(c), now);  // (a 1-token last chunk scores nothing new)
       row += size_t(sp.n_tokens) - 1;  // now the span's last row
       if (!sp.logits_last) {
         ++row;

@@ -6,6 +6,7 @@
 #include <netinet/in.h>
 #include <poll.h>
 #include <sys/socket.h>
+#include <strings.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -638,8 +639,9 @@ struct HttpServer::Impl {
       if (req.method == "OPTIONS" || opts.api_key.empty() || req.path == "/health")
         return httplib::Server::HandlerResponse::Unhandled;
       std::string auth = req.get_header_value("Authorization");
-      const std::string prefix = "Bearer ";
-      std::string given = auth.rfind(prefix, 0) == 0 ? auth.substr(prefix.size()) : std::string();
+      // The scheme is case-insensitive (RFC 7235): "Bearer", "bearer", ...
+      const bool bearer = auth.size() > 7 && strncasecmp(auth.c_str(), "bearer ", 7) == 0;
+      std::string given = bearer ? auth.substr(7) : std::string();
       if (!constant_time_equal(given, opts.api_key)) {
         res.set_header("WWW-Authenticate", "Bearer");
         // The body stays unread: the connection cannot carry another request.

@@ -110,7 +110,8 @@ class LlamaCppFormatter : public CompletionFormatter {
                 {"predicted_per_token_ms", per(f.predict_ms, f.n_generated)},
                 {"predicted_per_second", rate(f.predict_ms, f.n_generated)}}}};
     if (g_.sampling.n_probs > 0) j["completion_probabilities"] = probs_json(*info_.tok, st.tokens);
-    if (f.reason == FinishReason::Error) j["error"] = f.error;
+    // An error, or why the generation was cut short (--timeout, a shutdown): stop_type is "none".
+    if (f.reason == FinishReason::Error || (f.reason == FinishReason::Cancelled && !f.error.empty())) j["error"] = f.error;
     return j;
   }
   json settings() const {

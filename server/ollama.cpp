@@ -41,14 +41,15 @@ class OllamaFormatter : public CompletionFormatter {
               {"created_at", rfc3339_now()},
               {"response", text},
               {"done", true},
-              {"done_reason", f.reason == FinishReason::Length ? "length" : "stop"},
+              // Cut short by --timeout or a shutdown: partial, as at num_predict.
+              {"done_reason", f.reason == FinishReason::Length || f.reason == FinishReason::Cancelled ? "length" : "stop"},
               {"total_duration", ns(f.queue_ms + f.prompt_ms + f.predict_ms)},
               {"load_duration", 0},
               {"prompt_eval_count", f.n_prompt - f.n_cached},
               {"prompt_eval_duration", ns(f.prompt_ms)},
               {"eval_count", f.n_generated},
               {"eval_duration", ns(f.predict_ms)}};
-    if (f.reason == FinishReason::Error) j["error"] = f.error;
+    if (f.reason == FinishReason::Error || (f.reason == FinishReason::Cancelled && !f.error.empty())) j["error"] = f.error;
     return j;
   }
   ServiceInfo info_;

@@ -90,6 +90,8 @@ std::string random_id(const char* prefix) {
 const char* openai_finish(const Finish& f) {
   switch (f.reason) {
     case FinishReason::Length: return "length";
+    // Cut short by --timeout or a shutdown: the output is partial, as at max_tokens.
+    case FinishReason::Cancelled: return "length";
     case FinishReason::Error: return "error";
     default: return "stop";
   }
@@ -135,14 +137,23 @@ void parse_common_sampling(const json& b, GenerationParams& g, double t_default,
 
 class OpenAiFormatter : public CompletionFormatter {
  public:
-  OpenAiFormatter(const ServiceInfo& info, bool echo, bool logprobs, bool usage_chunk)
+  // n: choices per prompt (they are consecutive and share their prompt).
+  OpenAiFormatter(const ServiceInfo& info, bool echo, bool logprobs, bool usage_chunk, int n = 1)
       : info_(info), id_(random_id("cmpl-")), created_(unix_now()), echo_(echo), logprobs_(logprobs),
-        usage_chunk_(usage_chunk) {}
+        usage_chunk_(usage_chunk), n_(n < 1 ? 1 : n) {}
 
   std::vector<json> on_chunk(int i, const Chunk& c, const ChoiceState& st) override {
-    if (!c.prompt.empty()) {  // echo + logprobs: the scored prompt, as the choice's first chunk
-      echoed_[i] = true;
-      return {chunk_json(i, st.prompt_text, logprobs_json(*info_.tok, c.prompt, 0, st.first_prompt_token), nullptr)};
+    if (!c.prompt.empty()) {
+      // echo + logprobs: the scored prompt, in as many chunks as it was computed in; the first
+      // brings the prompt's text, the others their logprobs at their offsets in it.
+      if (!echoed_[i]) {
+        echoed_[i] = true;
+        return {chunk_json(i, st.prompt_text, logprobs_json(*info_.tok, c.prompt, 0, st.first_prompt_token), nullptr)};
+      }
+      size_t offset = info_.tok->token_bytes(st.first_prompt_token).size();
+      for (size_t k = 0; k + c.prompt.size() < st.prompt_tokens.size(); ++k)
+        offset += info_.tok->token_bytes(st.prompt_tokens[k].id).size();
+      return {chunk_json(i, "", logprobs_json(*info_.tok, c.prompt, offset), nullptr)};
     }
     std::string text = c.text;
     size_t offset = st.text.size() - c.text.size();
@@ -203,10 +214,12 @@ class OpenAiFormatter : public CompletionFormatter {
     if (usage_chunk_) j["usage"] = nullptr;
     return j;
   }
-  static json usage(const std::vector<ChoiceState>& all) {
+  // A prompt's tokens count once however many choices it has (OpenAI).
+  json usage(const std::vector<ChoiceState>& all) const {
     int64_t p = 0, c = 0;
-    for (const auto& st : all) {
-      p += st.n_prompt;
+    for (size_t i = 0; i < all.size(); ++i) {
+      const ChoiceState& st = all[i];
+      if (i % size_t(n_) == 0) p += st.n_prompt;
       c += st.finish ? st.finish->n_generated : int32_t(st.tokens.size());
     }
     return {{"prompt_tokens", p}, {"completion_tokens", c}, {"total_tokens", p + c}};
@@ -216,6 +229,7 @@ class OpenAiFormatter : public CompletionFormatter {
   std::string id_;
   int64_t created_;
   bool echo_, logprobs_, usage_chunk_;
+  int n_;
   std::map<int, bool> echoed_;
 };
 
@@ -351,7 +365,7 @@ ParsedCompletion parse_openai_completion(const json& b, const ServiceInfo& info)
     g.logprobs = logprobs.has_value();
     g.prompt_logprobs = logprobs.has_value() && echo;  // echo + logprobs scores the prompt (OpenAI)
   }
-  pc.formatter = std::make_unique<OpenAiFormatter>(info, echo, logprobs.has_value(), pc.stream && include_usage);
+  pc.formatter = std::make_unique<OpenAiFormatter>(info, echo, logprobs.has_value(), pc.stream && include_usage, n);
   return pc;
 }
 

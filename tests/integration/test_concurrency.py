@@ -142,9 +142,15 @@ class Deadline(h.ServerTest):
                                                   "temperature": 0, "ignore_eos": True})
         self.assertLess(time.time() - t0, 3.0)
         self.assertEqual(r["stop_type"], "none")
+        self.assertEqual(r["error"], "deadline passed")
         self.assertLess(r["tokens_predicted"], LONG)
+        # The other dialects say the output was cut short.
+        o = self.server.post_json("/v1/completions", {"prompt": h.cases()["plain"][0]["prompt"], "max_tokens": LONG,
+                                                      "temperature": 0, "ignore_eos": True})
+        self.assertEqual(o["choices"][0]["finish_reason"], "length")
+        self.assertLess(o["usage"]["completion_tokens"], LONG)
         m = self.server.metrics()
-        self.assertEqual(m["hyco_cancelled_total"], before["hyco_cancelled_total"] + 1)
+        self.assertEqual(m["hyco_cancelled_total"], before["hyco_cancelled_total"] + 2)
         self.assertEqual(m["hyco_client_disconnects_total"], before["hyco_client_disconnects_total"])
         self.server.wait_idle()
         # A short request still runs normally.

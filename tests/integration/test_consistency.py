@@ -105,6 +105,11 @@ class DialectsAgree(h.ServerTest):
             finishes = [e["choices"][0]["finish_reason"] for e in events
                         if e["choices"][0]["index"] == i and e["choices"][0]["finish_reason"]]
             self.assertEqual(finishes, [c["finish_reason"]], i)
+        # usage counts each prompt once, however many choices it has (OpenAI), and every choice's
+        # tokens.
+        alone = [self.server.post_json("/v1/completions", dict(body, prompt=p, n=1))["usage"] for p in prompts]
+        self.assertEqual(whole["usage"]["prompt_tokens"], sum(u["prompt_tokens"] for u in alone))
+        self.assertEqual(whole["usage"]["completion_tokens"], 2 * sum(u["completion_tokens"] for u in alone))
 
     def test_sampling_with_a_seed_is_reproducible(self):
         # Not greedy: the seed fixes the draw, on every route that takes one.

@@ -559,6 +559,11 @@ class ApiKey(h.ServerTest):
             with self.subTest(path=path):
                 r = self.server.request(method, path, body, headers=ok)
                 self.assertEqual(r.status, 200, r)
+        # The scheme's case does not matter (RFC 7235); the key's does.
+        for auth, status in (("bearer sekrit-key", 200), ("BEARER sekrit-key", 200), ("bearer SEKRIT-KEY", 401)):
+            with self.subTest(auth=auth):
+                self.assertEqual(self.server.request("GET", "/v1/models", None, headers={"Authorization": auth}).status,
+                                 status)
         s = self.server.stream("/completion", llama(stream=True), headers=ok)
         self.assertEqual(s.status, 200)
         h.sse_json(s.sse())

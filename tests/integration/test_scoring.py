@@ -43,6 +43,29 @@ class PromptScoring(h.ServerTest):
                                                             "echo": True, "logprobs": 0})
         self.assertEqual(scored["choices"][0]["text"], prompt + plain["choices"][0]["text"])
 
+    def test_streamed_scoring_adds_up_to_the_whole_response(self):
+        # Streaming, the scored prompt comes in as many chunks as it was computed in (here, with
+        # --batch-tokens 5, many): the text once, then each chunk's logprobs with its offsets.
+        body = {"prompt": h.cases()["plain"][1]["prompt"], "max_tokens": 4, "temperature": 0, "echo": True,
+                "logprobs": 1, "cache_prompt": False}
+        whole = self.server.post_json("/v1/completions", body)["choices"][0]
+        events = [json.loads(e) for e in self.server.stream("/v1/completions", dict(body, stream=True)).sse()
+                  if e != b"[DONE]"]
+        text, got = "", {"tokens": [], "token_logprobs": [], "text_offset": []}
+        for e in events:
+            c = e["choices"][0]
+            text += c["text"]
+            for k in got:
+                if c["logprobs"] is not None:
+                    got[k] += c["logprobs"][k]
+            self.assertFalse(c["text"] == "" and c["logprobs"] is not None and not c["logprobs"]["tokens"], e)
+        self.assertEqual(text, whole["text"])
+        for k in ("tokens", "text_offset"):
+            self.assertEqual(got[k], whole["logprobs"][k], k)
+        self.assertEqual(len(got["token_logprobs"]), len(whole["logprobs"]["token_logprobs"]))
+        for a, b in zip(got["token_logprobs"], whole["logprobs"]["token_logprobs"]):
+            self.assertTrue(a == b or abs(a - b) < 1e-5, (a, b))
+
 
 class PromptScoringInChunks(PromptScoring):
     # Steps of 5 tokens: the prompt is scored over several prefill chunks.
