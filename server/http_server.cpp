@@ -717,6 +717,10 @@ HttpServer::HttpServer(CompletionService& svc, Metrics& metrics, const HttpOptio
   s.request_max_bytes = opts.max_body_bytes + (64 << 10);  // headers besides (httplib allows 8 KiB a line)
   s.request_limit = std::chrono::milliseconds(int64_t(opts.read_timeout_s) * 1000);
   s.read_timeout_ms = s.write_timeout_ms = opts.read_timeout_s * 1000;
+  // And the sockets' own SO_RCVTIMEO/SO_SNDTIMEO (httplib's default is 5 s): a send to a client
+  // that stopped reading gives up after the same time.
+  s.set_read_timeout(time_t(opts.read_timeout_s), 0);
+  s.set_write_timeout(time_t(opts.read_timeout_s), 0);
   s.idle_ms = 5000;  // idle keep-alive
   const int threads = opts.threads > 0 ? opts.threads : 64;
   s.new_task_queue = [threads] { return new NamedThreadPool(size_t(threads)); };
