@@ -2,7 +2,7 @@
 // through one atomic ticket, and the caller takes tasks too: when another process holds a core
 // and a worker is descheduled, the caller (or the other workers) simply do its share — no
 // barrier waits for a thread that is not running. Workers spin briefly between jobs (ops come
-// microseconds apart during a step) and then sleep.
+// microseconds apart during a step), yielding the core every few hundred cycles, and then sleep.
 #pragma once
 
 #include <atomic>
