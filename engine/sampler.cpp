@@ -91,6 +91,33 @@ int32_t Sampler::argmax_portable(std::span<const float> v) {
   return best;
 }
 
+namespace {
+
+// Logits a broken checkpoint or an overflow can produce: NaN is "no token" (-inf), and +inf
+// tokens share all the mass (logit 0, every other -inf). True when the row was changed.
+bool tame_non_finite(std::span<float> logits) {
+  bool changed = false, pos_inf = false;
+  for (float& l : logits) {
+    if (std::isnan(l)) {
+      l = -INFINITY;
+      changed = true;
+    } else if (l == INFINITY) {
+      pos_inf = true;
+    }
+  }
+  if (pos_inf)
+    for (float& l : logits) l = l == INFINITY ? 0.0f : -INFINITY;
+  return changed || pos_inf;
+}
+
+bool has_nan_or_pos_inf(std::span<const float> logits) {
+  for (float l : logits)
+    if (std::isnan(l) || l == INFINITY) return true;
+  return false;
+}
+
+}  // namespace
+
 void Sampler::apply_penalties(std::span<float> logits, std::span<const int32_t> history) {
   if (!changes_logits() || history.empty()) return;
   size_t n = p_.penalty_last_n < 0 ? history.size() : std::min(history.size(), size_t(p_.penalty_last_n));
@@ -114,12 +141,14 @@ int32_t Sampler::sample(std::span<float> logits, std::span<const int32_t> histor
     const int32_t best = argmax(logits);
     return best < 0 ? 0 : best;
   }
+  tame_non_finite(logits);
+  const float maxl = *std::max_element(logits.begin(), logits.end());
+  if (maxl == -INFINITY) return 0;  // every token masked: as greedy does
   // Candidates, most likely first. Stable tie order (lower id first) keeps runs reproducible.
   auto by_logit = [&](int32_t a, int32_t b) { return logits[a] > logits[b] || (logits[a] == logits[b] && a < b); };
   idx_.resize(size_t(n_vocab_));
   std::iota(idx_.begin(), idx_.end(), 0);
   size_t n = idx_.size();
-  const float maxl = *std::max_element(logits.begin(), logits.end());
   double total = 0;  // mass top-p is relative to: all candidates left after top-k
   if (p_.top_k > 0 && size_t(p_.top_k) < n) {
     std::nth_element(idx_.begin(), idx_.begin() + p_.top_k - 1, idx_.end(), by_logit);
@@ -165,15 +194,31 @@ int32_t Sampler::sample(std::span<float> logits, std::span<const int32_t> histor
   return idx_[n - 1];
 }
 
-float Sampler::logprob_of(std::span<const float> logits, int32_t id) {
+float Sampler::logprob_of(std::span<const float> row, int32_t id) {
+  std::vector<float> tamed;
+  std::span<const float> logits = row;
+  if (has_nan_or_pos_inf(row)) {
+    tamed.assign(row.begin(), row.end());
+    tame_non_finite(tamed);
+    logits = tamed;
+  }
   const float maxl = *std::max_element(logits.begin(), logits.end());
+  if (maxl == -INFINITY) return -INFINITY;  // every token masked
   double z = 0;
   for (float l : logits) z += std::exp(double(l - maxl));
   return float(double(logits[size_t(id)] - maxl) - std::log(z));
 }
 
-std::vector<TokenLogprob> Sampler::top_logprobs(std::span<const float> logits, int32_t n) {
+std::vector<TokenLogprob> Sampler::top_logprobs(std::span<const float> row, int32_t n) {
+  std::vector<float> tamed;
+  std::span<const float> logits = row;
+  if (has_nan_or_pos_inf(row)) {
+    tamed.assign(row.begin(), row.end());
+    tame_non_finite(tamed);
+    logits = tamed;
+  }
   const float maxl = *std::max_element(logits.begin(), logits.end());
+  if (maxl == -INFINITY) return {};  // every token masked
   double z = 0;
   for (float l : logits) z += std::exp(double(l - maxl));
   const double lz = std::log(z);

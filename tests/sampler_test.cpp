@@ -455,3 +455,43 @@ TEST_CASE("top_p on a 32000-token vocabulary draws from the brute-force nucleus"
   for (int32_t id : nucleus) outside -= counts[size_t(id)];
   CHECK(outside == 0);
 }
+
+TEST_CASE("NaN and +inf logits neither crash the sampler nor get drawn", "[sampler]") {
+  // A broken checkpoint or an overflow can put them in a row. NaN counts as no token; +inf
+  // tokens share all the mass. Every truncation mode, including the top-p path (top_k 0) that
+  // once read before the candidates when the row's sum was NaN.
+  const float nan = std::nanf(""), inf = INFINITY;
+  std::vector<SamplingParams> modes;
+  for (float top_p : {1.0f, 0.95f, 0.5f})
+    for (float min_p : {0.0f, 0.05f})
+      for (int top_k : {0, 3}) {
+        SamplingParams p = at(1.0f, 7);
+        p.top_p = top_p, p.min_p = min_p, p.top_k = top_k;
+        modes.push_back(p);
+      }
+  for (const SamplingParams& p : modes) {
+    CAPTURE(p.top_p, p.min_p, p.top_k);
+    Sampler s(p, 8);
+    for (int draw = 0; draw < 200; ++draw) {
+      std::vector<float> with_nan = {1.0f, nan, 0.5f, 2.0f, nan, -1.0f, 0.0f, 1.5f};
+      const int32_t a = s.sample(with_nan, {});
+      REQUIRE((a >= 0 && a < 8 && a != 1 && a != 4));
+      std::vector<float> with_inf = {1.0f, inf, 0.5f, nan, inf, -1.0f, 0.0f, 1.5f};
+      const int32_t b = s.sample(with_inf, {});
+      REQUIRE((b == 1 || b == 4));
+      std::vector<float> all_masked(8, -INFINITY);
+      REQUIRE(s.sample(all_masked, {}) == 0);
+    }
+  }
+  const std::vector<float> row = {1.0f, inf, 0.5f, nan, inf, -1.0f, 0.0f, 1.5f};
+  CHECK(Sampler::logprob_of(row, 1) == Approx(std::log(0.5)));
+  CHECK(Sampler::logprob_of(row, 3) == -INFINITY);
+  const auto top = Sampler::top_logprobs(row, 3);
+  REQUIRE(top.size() == 3);
+  CHECK(top[0].id == 1);
+  CHECK(top[1].id == 4);
+  CHECK(top[0].logprob == Approx(std::log(0.5)));
+  CHECK(top[2].logprob == -INFINITY);
+  const std::vector<float> nan_row = {nan, 0.0f, 0.0f};
+  CHECK(Sampler::logprob_of(nan_row, 1) == Approx(std::log(0.5)));
+}
