@@ -20,11 +20,19 @@ using nlohmann::json;
   throw ModelError(source + ": " + msg);
 }
 
+// A value for an error message: short, and never a deep dump (a config nested 100,000 levels
+// deep must end in an error, not a stack overflow).
+std::string describe(const json& v) {
+  if (!v.is_primitive()) return std::string("a JSON ") + v.type_name();
+  std::string s = v.dump();
+  return s.size() > 60 ? s.substr(0, 57) + "..." : s;
+}
+
 // Reads an integer key; std::nullopt when absent or null.
 std::optional<int64_t> opt_int(const json& j, const char* key, const std::string& src) {
   auto it = j.find(key);
   if (it == j.end() || it->is_null()) return std::nullopt;
-  if (!it->is_number_integer()) fail(src, std::string("key '") + key + "' must be an integer, got " + it->dump());
+  if (!it->is_number_integer()) fail(src, std::string("key '") + key + "' must be an integer, got " + describe(*it));
   return it->get<int64_t>();
 }
 
@@ -40,14 +48,14 @@ int req_int(const json& j, const char* key, const std::string& src, int64_t lo, 
 std::optional<double> opt_num(const json& j, const char* key, const std::string& src) {
   auto it = j.find(key);
   if (it == j.end() || it->is_null()) return std::nullopt;
-  if (!it->is_number()) fail(src, std::string("key '") + key + "' must be a number, got " + it->dump());
+  if (!it->is_number()) fail(src, std::string("key '") + key + "' must be a number, got " + describe(*it));
   return it->get<double>();
 }
 
 std::optional<bool> opt_bool(const json& j, const char* key, const std::string& src) {
   auto it = j.find(key);
   if (it == j.end() || it->is_null()) return std::nullopt;
-  if (!it->is_boolean()) fail(src, std::string("key '") + key + "' must be true or false, got " + it->dump());
+  if (!it->is_boolean()) fail(src, std::string("key '") + key + "' must be true or false, got " + describe(*it));
   return it->get<bool>();
 }
 
@@ -148,7 +156,8 @@ void validate_model_config(const ModelConfig& c, const std::string& src) {
                   std::to_string(c.n_layers) + " layers");
   bool any_local = c.n_layers_of(LayerKind::Local) > 0;
   if (any_local && c.window <= 0) fail(src, "local (sliding_attention) layers need a positive sliding_window");
-  if (c.n_sinks < 0) fail(src, "attention_sinks must not be negative");
+  if (c.n_sinks < 0 || c.n_sinks > 65536) fail(src, "attention_sinks out of range [0, 65536]: " + std::to_string(c.n_sinks));
+  if (c.window > (1 << 30)) fail(src, "sliding_window out of range: " + std::to_string(c.window));
   if (!(c.rms_eps > 0)) fail(src, "rms_norm_eps must be positive");
   if (!(c.rope_theta > 0)) fail(src, "rope_theta must be positive");
   if (!(c.rope_scale > 0)) fail(src, "rope_scaling factor must be positive");
@@ -183,7 +192,10 @@ ModelConfig parse_model_config(std::string_view text, const std::string& src) {
   }
   c.rms_eps = float(opt_num(j, "rms_norm_eps", src).value_or(1e-6));
   c.rope_theta = opt_num(j, "rope_theta", src).value_or(10000.0);
-  c.n_ctx_train = int(opt_int(j, "max_position_embeddings", src).value_or(0));
+  const int64_t n_pos = opt_int(j, "max_position_embeddings", src).value_or(0);
+  if (n_pos < 0 || n_pos > (int64_t(1) << 30))
+    fail(src, "max_position_embeddings out of range: " + std::to_string(n_pos));
+  c.n_ctx_train = int(n_pos);
   c.tie_embeddings = opt_bool(j, "tie_word_embeddings", src).value_or(false);
   if (c.family == "qwen2") {
     c.qkv_bias = true;
@@ -215,7 +227,7 @@ ModelConfig parse_model_config(std::string_view text, const std::string& src) {
   if (auto lt = j.find("layer_types"); lt != j.end() && !lt->is_null()) {
     if (!lt->is_array()) fail(src, "layer_types must be a list");
     for (const auto& e : *lt) {
-      std::string s = e.is_string() ? e.get<std::string>() : e.dump();
+      std::string s = e.is_string() ? e.get<std::string>() : describe(e);
       if (s == "full_attention") {
         c.layer_kinds.push_back(LayerKind::Global);
       } else if (s == "sliding_attention") {
@@ -234,14 +246,19 @@ ModelConfig parse_model_config(std::string_view text, const std::string& src) {
   }
   if (c.n_layers_of(LayerKind::Local) > 0) c.window = window ? int(*window) : 0;
 
-  if (auto b = opt_int(j, "bos_token_id", src)) c.bos_id = int32_t(*b);
+  // Token ids are checked against the vocabulary before they are narrowed to 32 bits.
+  auto token_id = [&](int64_t v, const char* key) {
+    if (v < 0 || v >= c.n_vocab) fail(src, std::string(key) + " " + std::to_string(v) + " is outside the vocabulary");
+    return int32_t(v);
+  };
+  if (auto b = opt_int(j, "bos_token_id", src)) c.bos_id = token_id(*b, "bos_token_id");
   if (auto e = j.find("eos_token_id"); e != j.end() && !e->is_null()) {
     if (e->is_number_integer()) {
-      c.eos_ids.push_back(e->get<int32_t>());
+      c.eos_ids.push_back(token_id(e->get<int64_t>(), "eos_token_id"));
     } else if (e->is_array()) {
       for (const auto& v : *e) {
         if (!v.is_number_integer()) fail(src, "eos_token_id list must hold integers");
-        c.eos_ids.push_back(v.get<int32_t>());
+        c.eos_ids.push_back(token_id(v.get<int64_t>(), "eos_token_id"));
       }
     } else {
       fail(src, "eos_token_id must be an integer or a list of integers");

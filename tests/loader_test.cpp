@@ -576,6 +576,12 @@ TEST_CASE("every broken config.json ends in a ModelError naming the file and the
        {"sliding_window"}},
       {"eos_token_id outside the vocabulary", with([](json& c) { c["eos_token_id"] = {2, 48}; }), {"eos_token_id"}},
       {"eos_token_id as a string", with([](json& c) { c["eos_token_id"] = "2"; }), {"eos_token_id"}},
+      // Ids past 32 bits must not wrap into the vocabulary (4294967298 = 2 mod 2^32).
+      {"eos_token_id past 32 bits", with([](json& c) { c["eos_token_id"] = int64_t(4294967298); }), {"eos_token_id"}},
+      {"negative bos_token_id", with([](json& c) { c["bos_token_id"] = -5; }), {"bos_token_id"}},
+      {"max_position_embeddings past 32 bits",
+       with([](json& c) { c["max_position_embeddings"] = int64_t(1) << 40; }), {"max_position_embeddings"}},
+      {"attention_sinks past the limit", with([](json& c) { c["attention_sinks"] = 1 << 20; }), {"attention_sinks"}},
       {"odd head_dim", with([](json& c) { c["head_dim"] = 11; }), {"head_dim"}},
       {"unsupported rope_scaling", with([](json& c) { c["rope_scaling"] = {{"rope_type", "yarn"}, {"factor", 4}}; }),
        {"rope_scaling", "yarn"}},
@@ -596,6 +602,16 @@ TEST_CASE("every broken config.json ends in a ModelError naming the file and the
     auto dir = write_model("cfg-not-json", config_json(t), w);
     write_text(dir / file, "{\"vocab_size\": 48,");
     check_mentions(load_error(dir), {file, "JSON"});
+  }
+  SECTION("a value nested 100,000 levels deep") {  // an error, not a stack overflow in its message
+    auto dir = write_model("cfg-deep", config_json(t), w);
+    std::string deep = config_json(t).dump();
+    const std::string key = "\"vocab_size\":";
+    const size_t at = deep.find(key) + key.size();
+    const size_t end = deep.find_first_of(",}", at);
+    deep = deep.substr(0, at) + std::string(100000, '[') + std::string(100000, ']') + deep.substr(end);
+    write_text(dir / file, deep);
+    check_mentions(load_error(dir), {file, "vocab_size", "array"});
   }
   SECTION("config.json not an object") {
     auto dir = write_model("cfg-array", config_json(t), w);
@@ -864,6 +880,10 @@ TEST_CASE("invalid --attention specs are rejected naming the offending part", "[
       CHECK(contains(e.what(), "window"));
       CHECK(contains(e.what(), "--attention"));
     }
+  }
+  SECTION("sinks past the limit") {  // the ring's size must not overflow
+    ModelConfig m = test::tiny_config("LLLGLLLG", 64);
+    CHECK_THROWS_AS(apply_attention_override(m, parse_attention_override("sinks=2147483647")), ModelError);
   }
   SECTION("window=0 on a model with local layers") {
     ModelConfig m = test::tiny_config("LLLGLLLG", 64);
