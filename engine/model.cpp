@@ -142,6 +142,8 @@ void Model::forward(const Batch& batch, KvCache& kv, std::vector<float>& logits)
   sp.head_dim = cfg_.head_dim;
   sp.meta = meta;
 
+  // Everything that can fail for want of memory comes before the first KV write.
+  logits.resize(size_t(n_out) * cfg_.n_vocab);
   for (int l = 0; l < cfg_.n_layers; ++l) {
     const Layer& L = layers_[size_t(l)];
     backend_.rms_norm(x, L.attn_norm, cfg_.rms_eps, xn);
@@ -161,7 +163,6 @@ void Model::forward(const Batch& batch, KvCache& kv, std::vector<float>& logits)
     backend_.matmul(act, L.w_down, none, x, true);
   }
 
-  logits.resize(size_t(n_out) * cfg_.n_vocab);
   if (n_out > 0) {
     Tensor rows = rows_.first_rows(n_out), rows_n = rows_n_.first_rows(n_out), lg = logits_.first_rows(n_out);
     backend_.gather_rows(x, rows);

@@ -87,6 +87,7 @@ struct Scheduler::Active {
   int32_t n_computed = 0;       // tokens the KV holds
   int32_t n_cached = 0;
   int32_t n_generated = 0;
+  bool kv_suspect = false;      // a forward failed mid-step: its KV may hold partial writes
   Sampler sampler;
   TextStream text;
   Chunk chunk;                  // tokens generated since the last chunk with text
@@ -338,8 +339,13 @@ bool Scheduler::run_batch() {
   try {
     exec_.forward(batch_, kv_, logits_);
   } catch (const std::exception& e) {
-    // Nothing was appended (forward validates first): fail the requests of this batch.
-    for (Active* a : batch_owner_) finish(*a, FinishReason::Error, "none", {}, e.what());
+    // Fail the requests of this batch. Forward validates before it writes, but a failure later
+    // in the step (out of memory, a device error) can leave ring slots overwritten past the
+    // sequence's length: such a sequence is not kept for reuse.
+    for (Active* a : batch_owner_) {
+      a->kv_suspect = true;
+      finish(*a, FinishReason::Error, "none", {}, e.what());
+    }
     running_.remove_if([](const std::unique_ptr<Active>& a) { return a->done; });
     return true;
   }
@@ -492,7 +498,7 @@ void Scheduler::finish(Active& a, FinishReason reason, const std::string& stop_t
 void Scheduler::release(Active& a) {
   // The KV of a finished or cancelled request stays cached for the next one (an IDE request
   // after a keystroke cancels this one and extends its prompt).
-  if (a.req.cache_prompt && a.n_computed > 0) {
+  if (a.req.cache_prompt && a.n_computed > 0 && !a.kv_suspect) {
     prefix_.put(a.seq, std::vector<int32_t>(a.tokens.begin(), a.tokens.begin() + a.n_computed));
     // Drop the blocks reserved for tokens that were never generated.
     kv_.truncate(a.seq, a.n_computed);

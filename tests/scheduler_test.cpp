@@ -1,6 +1,7 @@
 // The scheduler as a pure component: a fake model (next token = last token + 1) records every
 // batch, and the tests drive the loop step by step — ordering, chunking, fairness, admission
 // against KV memory, queue limits, cancellation at every point, prefix reuse, stops.
+#include <stdexcept>
 #include <cmath>
 #include <memory>
 #include <thread>
@@ -20,6 +21,10 @@ class FakeModel : public StepExecutor {
   const ModelConfig& config() const override { return cfg_; }
   void forward(const Batch& b, KvCache& kv, std::vector<float>& logits) override {
     batches.push_back(b);
+    if (fail_next) {  // as a device error or an allocation failure partway through a step
+      fail_next = false;
+      throw std::runtime_error("device lost");
+    }
     logits.assign(size_t(b.n_out()) * size_t(cfg_.n_vocab), 0.0f);
     size_t tok = 0, row = 0;
     for (const auto& s : b.spans) {
@@ -35,6 +40,7 @@ class FakeModel : public StepExecutor {
     }
   }
   std::vector<Batch> batches;
+  bool fail_next = false;
 
  private:
   ModelConfig cfg_;
@@ -413,4 +419,31 @@ TEST_CASE("with its own thread the scheduler serves concurrent clients and drain
   late.id = "x";
   late.prompt = {1};
   CHECK_THROWS_AS(sched.submit(late), ResourceExhausted);
+}
+
+TEST_CASE("a step that fails ends its requests with an error and keeps none of their KV for reuse", "[scheduler]") {
+  SchedulerConfig sc;
+  Rig r(sc);
+  auto p = seq_tokens(100, 30);
+  auto a = r.submit(p, 8);
+  r.sched->step();  // the prompt and the first token
+  r.sched->step();  // a second token
+  r.model.fail_next = true;
+  r.sched->step();  // fails partway: the KV past the length may have been written
+  auto da = drain(*a);
+  REQUIRE(da.finish);
+  CHECK(da.finish->reason == FinishReason::Error);
+  CHECK(da.finish->error == "device lost");
+  CHECK(r.sched->stats().n_errors == 1);
+  CHECK(r.sched->stats().n_cached_seqs == 0);
+  // The same file again: computed afresh, nothing reused from the failed sequence.
+  auto p2 = p;
+  p2.push_back(130);
+  auto b = r.submit(p2, 2);
+  while (r.sched->step()) {
+  }
+  auto db = drain(*b);
+  REQUIRE(db.finish);
+  CHECK(db.finish->reason == FinishReason::Length);
+  CHECK(db.finish->n_cached == 0);
 }
