@@ -9,6 +9,7 @@
 #include <fstream>
 #include <map>
 #include <memory>
+#include <set>
 #include <stdexcept>
 #include <unordered_map>
 
@@ -141,6 +142,75 @@ std::vector<std::string> corpus_chunks() {
   }
   return chunks;
 }
+
+// Protobuf varints, for editing a serialized ModelProto (sentencepiece's C++ headers do not
+// expose the message classes).
+uint64_t read_varint(const std::string& s, size_t& pos) {
+  uint64_t v = 0;
+  for (int shift = 0; pos < s.size(); shift += 7) {
+    const uint8_t b = uint8_t(s[pos++]);
+    v |= uint64_t(b & 0x7f) << shift;
+    if (!(b & 0x80)) break;
+  }
+  return v;
+}
+void write_varint(std::string& out, uint64_t v) {
+  do {
+    out += char((v & 0x7f) | (v >= 0x80 ? 0x80 : 0));
+    v >>= 7;
+  } while (v);
+}
+
+}  // namespace
+
+// ModelProto field 1 holds the pieces, each a message with the piece (1), its score (2) and its
+// type (3; NORMAL = 1 or absent, UNUSED = 5). A type appended to a message overrides an earlier
+// one.
+std::string mark_pieces_unused(const std::string& proto, const std::set<std::string>& names) {
+  std::string out;
+  size_t pos = 0;
+  while (pos < proto.size()) {
+    const uint64_t key = read_varint(proto, pos);
+    write_varint(out, key);
+    const int wire = int(key & 7);
+    if (wire == 0) {
+      write_varint(out, read_varint(proto, pos));
+    } else if (wire == 1 || wire == 5) {
+      const size_t n = wire == 1 ? 8 : 4;
+      out.append(proto, pos, n);
+      pos += n;
+    } else if (wire == 2) {
+      const size_t len = size_t(read_varint(proto, pos));
+      std::string msg = proto.substr(pos, len);
+      pos += len;
+      if ((key >> 3) == 1) {  // a piece: find its text and type
+        std::string piece;
+        uint64_t type = 1;
+        for (size_t p = 0; p < msg.size();) {
+          const uint64_t k = read_varint(msg, p);
+          if ((k & 7) == 2) {
+            const size_t l = size_t(read_varint(msg, p));
+            if ((k >> 3) == 1) piece = msg.substr(p, l);
+            p += l;
+          } else if ((k & 7) == 5) {
+            p += 4;
+          } else {
+            const uint64_t v = read_varint(msg, p);
+            if ((k >> 3) == 3) type = v;
+          }
+        }
+        if (type == 1 && names.count(piece)) msg += "\x18\x05";
+      }
+      write_varint(out, msg.size());
+      out += msg;
+    } else {
+      throw std::runtime_error("unexpected protobuf wire type in a trained model");
+    }
+  }
+  return out;
+}
+
+namespace {
 
 // Trains the models once per process into a temp dir that is removed at exit.
 struct Models {

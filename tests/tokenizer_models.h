@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <initializer_list>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -21,6 +22,8 @@ const std::string& model_path(const std::string& name);
 const Tokenizer& tokenizer(const std::string& name);
 
 std::vector<int32_t> concat(std::initializer_list<std::vector<int32_t>> parts);
+// A serialized sentencepiece model with the NORMAL pieces named marked UNUSED.
+std::string mark_pieces_unused(const std::string& proto, const std::set<std::string>& names);
 // token_bytes() of each id, concatenated without UTF-8 repair.
 std::string raw_bytes(const Tokenizer& tok, const std::vector<int32_t>& ids);
 

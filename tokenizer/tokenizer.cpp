@@ -136,7 +136,8 @@ std::unique_ptr<Tokenizer> Tokenizer::load(const std::string& path) {
   // character has pieces, and no unknown token can span characters).
   tok->incremental_ = tok->incremental_ && tok->has_byte_fallback_;
   for (int id = 0; id < n; ++id) {
-    if (tok->kinds_[id] != Kind::Normal) continue;
+    // Unused pieces too: BPE merges through them before splitting them back.
+    if (tok->kinds_[id] != Kind::Normal && tok->kinds_[id] != Kind::Unused) continue;
     const std::string& b = tok->bytes_[id];
     for (size_t i = 0; i + 1 < b.size(); ++i) {
       const uint8_t x = uint8_t(b[i]), y = uint8_t(b[i + 1]);
@@ -208,7 +209,9 @@ std::vector<int32_t> Tokenizer::encode(std::string_view text) const {
     std::lock_guard<std::mutex> lk(cache_mu_);
     for (const auto& e : cache_) {
       const size_t l = common_prefix(e->text, text);
-      if (l > common) {
+      // The longest common prefix; on a tie the text itself (a longer text from before a
+      // backspace can share all of it too, and would only give a split point near its end).
+      if (l > common || (l == common && l == text.size() && e->text.size() == text.size())) {
         common = l;
         base = e;
       }
