@@ -44,6 +44,7 @@ int run_complete(const CompleteArgs& a) {
   GenerateOptions go;
   go.max_tokens = a.max_tokens;
   go.stop_ids = stops;
+  go.n_tokens = tok->n_vocab();
   go.sampling.temperature = a.temperature;
   go.sampling.top_k = a.top_k;
   go.sampling.top_p = a.top_p;

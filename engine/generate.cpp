@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 
 #include "engine/errors.h"
 
@@ -34,7 +35,10 @@ GenerateResult generate(Model& model, KvCache& kv, SeqId seq, std::span<const in
   r.prefill_seconds = std::chrono::duration<double>(t1 - t0).count();
   Sampler sampler(opts.sampling, model.config().n_vocab);
   r.finish = "length";
+  const size_t n_real = opts.n_tokens > 0 ? std::min<size_t>(size_t(opts.n_tokens), size_t(model.config().n_vocab))
+                                          : size_t(model.config().n_vocab);
   for (int32_t i = 0; i < opts.max_tokens; ++i) {
+    std::fill(logits.begin() + std::ptrdiff_t(n_real), logits.end(), -INFINITY);
     int32_t tok = sampler.sample(logits, history);
     if (std::find(opts.stop_ids.begin(), opts.stop_ids.end(), tok) != opts.stop_ids.end()) {
       r.finish = "stop";

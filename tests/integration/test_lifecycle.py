@@ -216,3 +216,30 @@ class Config(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class CompleteCommand(unittest.TestCase):
+    """`hyco complete`, the one-shot CLI path (engine/generate.cpp), on a model whose vocabulary
+    is padded past its tokenizer's (as Qwen2.5's is): the padded ids have logits but are no
+    tokens, and must never be drawn. Random weights at a high temperature draw them often."""
+
+    def test_padded_vocabulary_is_never_sampled(self):
+        with open(os.path.join(h.MODEL, "config.json"), encoding="utf-8") as f:
+            cfg = json.load(f)
+        n_tok = cfg["vocab_size"]
+        cfg["vocab_size"] = n_tok + 200  # mostly padding: a draw lands there often
+        with tempfile.TemporaryDirectory() as d:
+            with open(os.path.join(d, "cfg.json"), "w", encoding="utf-8") as f:
+                json.dump(cfg, f)
+            model = os.path.join(d, "padded")
+            subprocess.run(["/usr/bin/python3", os.path.join(h.SOURCE_DIR, "scripts", "reference.py"), "make-model",
+                            "--config", os.path.join(d, "cfg.json"), "--out", model, "--seed", "3"],
+                           check=True, capture_output=True, timeout=120)
+            with open(os.path.join(h.MODEL, "tokenizer.model"), "rb") as src, \
+                    open(os.path.join(model, "tokenizer.model"), "wb") as dst:
+                dst.write(src.read())
+            for seed in range(3):
+                r = subprocess.run([h.BIN, "complete", "-m", model, "-p", "fn main() {", "-n", "48",
+                                    "--temperature", "2", "--seed", str(seed), "--threads", "1"],
+                                   capture_output=True, text=True, timeout=60)
+                self.assertEqual(r.returncode, 0, r.stderr[-2000:])
