@@ -55,6 +55,9 @@ KvCache::KvCache(const ModelConfig& model, Backend& backend, const KvCacheConfig
   if (has_global_) {
     int64_t left = budget - cfg.n_seqs * ring_bytes;
     n_blocks_ = left > 0 ? left / block_bytes : 0;
+    if (n_blocks_ > INT32_MAX)  // block ids are 32-bit (the kernels' block tables)
+      throw ResourceExhausted("KV memory of " + mib(budget) + " makes " + std::to_string(n_blocks_) +
+                              " blocks, more than the 2^31 - 1 a block table can name: lower --kv-memory or raise --kv-block");
     if (n_blocks_ < blocks_for(std::min(cfg.n_ctx, 1)))
       throw ResourceExhausted("KV memory of " + mib(budget) + " leaves no room for global-layer blocks (" +
                               std::to_string(cfg.n_seqs) + " sequences' rings take " + mib(cfg.n_seqs * ring_bytes) +

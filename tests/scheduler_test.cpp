@@ -447,3 +447,19 @@ TEST_CASE("a step that fails ends its requests with an error and keeps none of t
   CHECK(db.finish->reason == FinishReason::Length);
   CHECK(db.finish->n_cached == 0);
 }
+
+TEST_CASE("a KV budget that makes more blocks than 32-bit ids can name is refused before allocating", "[kv]") {
+  ModelConfig cfg = hyco::test::tiny_config("LG", 8);
+  auto backend = make_cpu_backend(1);
+  KvCacheConfig kc;
+  kc.n_seqs = 2;
+  kc.n_ctx = 512;
+  kc.block_size = 1;
+  kc.memory_bytes = int64_t(1) << 42;  // 4 TiB: billions of one-position blocks
+  try {
+    KvCache kv(cfg, *backend, kc);
+    FAIL("accepted");
+  } catch (const ResourceExhausted& e) {
+    CHECK(std::string(e.what()).find("block table") != std::string::npos);
+  }
+}
