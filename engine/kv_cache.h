@@ -53,6 +53,8 @@ class KvCache {
   int64_t n_total_blocks() const { return n_blocks_; }
   // Global blocks a sequence of n positions needs.
   int64_t blocks_for(int32_t n) const;
+  // Global blocks `s` holds.
+  int64_t n_blocks(SeqId s) const { return int64_t(seqs_[s].blocks.size()); }
   // Blocks `s` still lacks to hold n positions (it may hold more already).
   int64_t blocks_missing(SeqId s, int32_t n) const;
   // Bytes of K/V storage held (all layers, rings and pool).

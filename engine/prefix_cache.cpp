@@ -47,6 +47,12 @@ void PrefixCache::clear() {
   }
 }
 
+int64_t PrefixCache::n_blocks_held() const {
+  int64_t n = 0;
+  for (const auto& e : entries_) n += kv_.n_blocks(e.seq);
+  return n;
+}
+
 int64_t PrefixCache::n_tokens_cached() const {
   int64_t n = 0;
   for (const auto& e : entries_) n += int64_t(e.tokens.size());

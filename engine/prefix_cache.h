@@ -36,6 +36,8 @@ class PrefixCache {
   size_t size() const { return entries_.size(); }
   // Tokens held by all entries together.
   int64_t n_tokens_cached() const;
+  // Global KV blocks the cached sequences hold (what evicting all of them would free).
+  int64_t n_blocks_held() const;
 
  private:
   struct Entry {

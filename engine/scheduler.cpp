@@ -264,7 +264,10 @@ void Scheduler::admit() {
     if (!seq) break;  // every sequence is running: wait
     // Reserve the KV the whole request can need, so it never has to be preempted.
     bool ok = kv_.reserve(*seq, need);
-    while (!ok && prefix_.evict_one()) ok = kv_.reserve(*seq, need);
+    // Cached sequences are evicted for it only when that can make room: while running requests
+    // hold the blocks, the cache is kept (the next keystroke's request will want its entry).
+    if (!ok && kv_.blocks_missing(*seq, need) <= kv_.n_free_blocks() + prefix_.n_blocks_held())
+      while (!ok && prefix_.evict_one()) ok = kv_.reserve(*seq, need);
     if (!ok) {
       const int32_t held = kv_.length(*seq);
       if (running_.empty()) {

@@ -276,6 +276,34 @@ TEST_CASE("admission waits for KV blocks and refuses what can never fit", "[sche
   CHECK(r.sched->stats().n_waiting == 0);
 }
 
+TEST_CASE("a waiting request evicts cached sequences only when that makes room for it", "[scheduler]") {
+  SchedulerConfig sc;
+  sc.parallel = 3;
+  sc.batch_tokens = 256;
+  ModelConfig cfg = hyco::test::tiny_config("LG", 8);
+  const int64_t row = int64_t(cfg.kv_width()) * 4 * 2;
+  Rig r(sc, 4, 512, 4 * 64 * row + 8 * 16 * row);  // 4 rings, 8 blocks of 16 positions
+  REQUIRE(r.kv->n_total_blocks() == 8);
+  auto x = r.submit(seq_tokens(5, 20), 4);  // 24 positions: 2 blocks, kept after it ends
+  while (r.sched->step()) {
+  }
+  REQUIRE(drain(*x).finish);
+  REQUIRE(r.sched->stats().n_cached_seqs == 1);
+  auto a = r.submit(seq_tokens(1, 40), 20);  // 4 blocks: 2 left free
+  r.sched->step();
+  auto c = r.submit(seq_tokens(3, 60), 20);  // 5 blocks > 2 free + 2 cached: evicting is no use
+  r.sched->step();
+  r.sched->step();
+  CHECK(r.sched->stats().n_running == 1);
+  CHECK(r.sched->stats().n_waiting == 1);
+  CHECK(r.sched->stats().n_cached_seqs == 1);  // x is still there for its next keystroke
+  a->cancel();  // a's 4 blocks come back (cached): now evicting makes room
+  r.sched->step();
+  r.sched->step();
+  CHECK(r.sched->stats().n_running == 1);
+  CHECK(r.sched->stats().n_waiting == 0);
+}
+
 TEST_CASE("a prompt that extends a finished one reuses its cached prefix", "[scheduler]") {
   SchedulerConfig sc;
   Rig r(sc);
