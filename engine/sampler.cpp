@@ -110,10 +110,15 @@ bool tame_non_finite(std::span<float> logits) {
   return changed || pos_inf;
 }
 
-bool has_nan_or_pos_inf(std::span<const float> logits) {
-  for (float l : logits)
-    if (std::isnan(l) || l == INFINITY) return true;
-  return false;
+// The row itself, or, when it holds NaN or +inf, a tamed copy in `storage`.
+std::span<const float> tamed_view(std::span<const float> row, std::vector<float>& storage) {
+  for (float l : row)
+    if (std::isnan(l) || l == INFINITY) {
+      storage.assign(row.begin(), row.end());
+      tame_non_finite(storage);
+      return storage;
+    }
+  return row;
 }
 
 }  // namespace
@@ -196,12 +201,7 @@ int32_t Sampler::sample(std::span<float> logits, std::span<const int32_t> histor
 
 float Sampler::logprob_of(std::span<const float> row, int32_t id) {
   std::vector<float> tamed;
-  std::span<const float> logits = row;
-  if (has_nan_or_pos_inf(row)) {
-    tamed.assign(row.begin(), row.end());
-    tame_non_finite(tamed);
-    logits = tamed;
-  }
+  const std::span<const float> logits = tamed_view(row, tamed);
   const float maxl = *std::max_element(logits.begin(), logits.end());
   if (maxl == -INFINITY) return -INFINITY;  // every token masked
   double z = 0;
@@ -211,12 +211,7 @@ float Sampler::logprob_of(std::span<const float> row, int32_t id) {
 
 std::vector<TokenLogprob> Sampler::top_logprobs(std::span<const float> row, int32_t n) {
   std::vector<float> tamed;
-  std::span<const float> logits = row;
-  if (has_nan_or_pos_inf(row)) {
-    tamed.assign(row.begin(), row.end());
-    tame_non_finite(tamed);
-    logits = tamed;
-  }
+  const std::span<const float> logits = tamed_view(row, tamed);
   const float maxl = *std::max_element(logits.begin(), logits.end());
   if (maxl == -INFINITY) return {};  // every token masked
   double z = 0;

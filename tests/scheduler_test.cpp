@@ -72,6 +72,14 @@ struct Rig {
   }
 };
 
+// A KV budget for Rig's model: the rings of 4 sequences (W + R = 24 rounded up to 64 slots) plus
+// 8 blocks of 16 positions in the global layer.
+int64_t small_pool_bytes() {
+  const ModelConfig cfg = hyco::test::tiny_config("LG", 8);
+  const int64_t row = int64_t(cfg.kv_width()) * 4 * 2;
+  return 4 * 64 * row + 8 * 16 * row;
+}
+
 std::vector<int32_t> seq_tokens(int32_t first, int32_t n) {
   std::vector<int32_t> t;
   for (int32_t i = 0; i < n; ++i) t.push_back((first + i) % 200);
@@ -253,12 +261,7 @@ TEST_CASE("admission waits for KV blocks and refuses what can never fit", "[sche
   SchedulerConfig sc;
   sc.parallel = 3;
   sc.batch_tokens = 256;
-  // Budget: the rings of 4 sequences (W + R = 24 rounded up to 64 slots) plus 8 blocks of 16
-  // positions in the global layer.
-  ModelConfig cfg = hyco::test::tiny_config("LG", 8);
-  const int64_t row = int64_t(cfg.kv_width()) * 4 * 2;
-  const int64_t rings = 4 * 64 * row;
-  Rig r(sc, 4, 512, rings + 8 * 16 * row);
+  Rig r(sc, 4, 512, small_pool_bytes());
   REQUIRE(r.kv->n_total_blocks() == 8);
   auto a = r.submit(seq_tokens(1, 40), 20);   // 60 positions: 4 blocks
   auto b = r.submit(seq_tokens(2, 40), 20);   // 4 blocks
@@ -280,9 +283,7 @@ TEST_CASE("a waiting request evicts cached sequences only when that makes room f
   SchedulerConfig sc;
   sc.parallel = 3;
   sc.batch_tokens = 256;
-  ModelConfig cfg = hyco::test::tiny_config("LG", 8);
-  const int64_t row = int64_t(cfg.kv_width()) * 4 * 2;
-  Rig r(sc, 4, 512, 4 * 64 * row + 8 * 16 * row);  // 4 rings, 8 blocks of 16 positions
+  Rig r(sc, 4, 512, small_pool_bytes());
   REQUIRE(r.kv->n_total_blocks() == 8);
   auto x = r.submit(seq_tokens(5, 20), 4);  // 24 positions: 2 blocks, kept after it ends
   while (r.sched->step()) {
