@@ -218,12 +218,11 @@ if __name__ == "__main__":
     unittest.main()
 
 
-class CompleteCommand(unittest.TestCase):
-    """`hyco complete`, the one-shot CLI path (engine/generate.cpp), on a model whose vocabulary
-    is padded past its tokenizer's (as Qwen2.5's is): the padded ids have logits but are no
-    tokens, and must never be drawn. Random weights at a high temperature draw them often."""
+class PaddedVocabulary(unittest.TestCase):
+    """A model whose vocabulary is padded past its tokenizer's (as Qwen2.5's is): the padded ids
+    have logits but are no tokens. Random weights give them a large share of the mass."""
 
-    def test_padded_vocabulary_is_never_sampled(self):
+    def test_padded_vocabulary_is_never_sampled_nor_scored(self):
         with open(os.path.join(h.MODEL, "config.json"), encoding="utf-8") as f:
             cfg = json.load(f)
         n_tok = cfg["vocab_size"]
@@ -238,8 +237,18 @@ class CompleteCommand(unittest.TestCase):
             with open(os.path.join(h.MODEL, "tokenizer.model"), "rb") as src, \
                     open(os.path.join(model, "tokenizer.model"), "wb") as dst:
                 dst.write(src.read())
+            # `hyco complete` (engine/generate.cpp) at a high temperature.
             for seed in range(3):
                 r = subprocess.run([h.BIN, "complete", "-m", model, "-p", "fn main() {", "-n", "48",
                                     "--temperature", "2", "--seed", str(seed), "--threads", "1"],
                                    capture_output=True, text=True, timeout=60)
                 self.assertEqual(r.returncode, 0, r.stderr[-2000:])
+            # The server: sampling, and prompt scoring's top alternatives (echo + logprobs).
+            with h.Server("--threads", "1", model=model) as srv:
+                body = {"prompt": "fn main() { let x = 1; }", "max_tokens": 24, "temperature": 2, "seed": 1,
+                        "echo": True, "logprobs": 5}
+                r = srv.post_json("/v1/completions", body)
+                lp = r["choices"][0]["logprobs"]
+                self.assertEqual(len(lp["tokens"]), len(lp["top_logprobs"]))
+                for top in lp["top_logprobs"][1:]:
+                    self.assertTrue(all(v <= 0 for v in top.values()), top)
