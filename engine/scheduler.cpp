@@ -355,6 +355,7 @@ bool Scheduler::run_batch() {
   const size_t V = size_t(exec_.config().n_vocab);
   size_t row = 0;
   const auto now = Clock::now();
+  const double forward_seconds = std::chrono::duration<double>(now - t_step).count();
   for (size_t i = 0; i < batch_.spans.size(); ++i) {
     Active& a = *batch_owner_[i];
     const BatchSpan& sp = batch_.spans[i];
@@ -398,8 +399,10 @@ bool Scheduler::run_batch() {
   if (n_prefill > 0) {
     ++stats_.n_steps_prefill;
     stats_.step_seconds_prefill += seconds;
+    stats_.forward_seconds_prefill += forward_seconds;
   } else {
     stats_.step_seconds_decode += seconds;
+    stats_.forward_seconds_decode += forward_seconds;
   }
   return true;
 }

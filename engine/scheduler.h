@@ -50,6 +50,10 @@ struct SchedulerStats {
   // minus both.
   uint64_t n_steps_prefill = 0;
   double step_seconds_decode = 0, step_seconds_prefill = 0;
+  // Of those, the seconds in the model's forward alone; the rest of a step is sampling,
+  // detokenising and handing the tokens to the clients' threads (and whatever preempts the
+  // loop meanwhile).
+  double forward_seconds_decode = 0, forward_seconds_prefill = 0;
 };
 
 struct SlotInfo {

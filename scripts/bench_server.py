@@ -290,6 +290,7 @@ def server_split(d, duration):
     gen = d.get("hyco_generated_tokens_total", 0.0)
     dec = d.get('hyco_scheduler_step_seconds_total{kind="decode"}', 0.0)
     pre = d.get('hyco_scheduler_step_seconds_total{kind="prefill"}', 0.0)
+    fwd = d.get('hyco_scheduler_forward_seconds_total{kind="decode"}', 0.0)
     steps = d.get("hyco_scheduler_steps_total", 0.0)
     return {"prefill_tokens": d.get("hyco_prefill_tokens_total", 0.0), "generated_tokens": gen,
             "prefill_per_generated": d.get("hyco_prefill_tokens_total", 0.0) / gen if gen else float("nan"),
@@ -297,6 +298,8 @@ def server_split(d, duration):
             "decode_share": dec / duration, "prefill_share": pre / duration,
             "other_share": 1.0 - (dec + pre) / duration,
             "decode_step_ms": 1e3 * dec / (steps - d.get("hyco_scheduler_prefill_steps_total", 0.0))
+            if steps > d.get("hyco_scheduler_prefill_steps_total", 0.0) else float("nan"),
+            "decode_forward_ms": 1e3 * fwd / (steps - d.get("hyco_scheduler_prefill_steps_total", 0.0))
             if steps > d.get("hyco_scheduler_prefill_steps_total", 0.0) else float("nan")}
 
 
@@ -352,7 +355,7 @@ def main():
           f"prefix ~{args.prefix_tokens} tokens, suffix ~{args.suffix_tokens}, {args.n_predict} new tokens, "
           f"{args.duration:g} s per level")
     print(f"{'clients':>7} {'reqs':>5} {'err':>4} | {'TTFT p50':>9} {'p99':>8} ms | {'ITL p50':>8} {'p99':>7} ms | {'tok/s':>8} | "
-          f"server: prefill/gen, time in decode / prefill steps / other, decode step ms")
+          f"server: prefill/gen, time in decode / prefill steps / other, decode step (forward) ms")
     for n in levels:
         docs = [Doc(server, sources[(i * 7919) % len(sources)], args.prefix_tokens, args.suffix_tokens, rng)
                 for i in range(n)]
@@ -362,7 +365,7 @@ def main():
         print(f"{n:7d} {r['requests']:5d} {r['errors']:4d} | {r['ttft_p50_ms']:9.1f} {r['ttft_p99_ms']:8.1f}    | "
               f"{r['itl_p50_ms']:8.2f} {r['itl_p99_ms']:7.2f}    | {r['tokens_per_s']:8.1f} | "
               f"{sv['prefill_per_generated']:.2f}, {100 * sv['decode_share']:.0f}% / {100 * sv['prefill_share']:.0f}% / "
-              f"{100 * sv['other_share']:.0f}%, {sv['decode_step_ms']:.2f}", flush=True)
+              f"{100 * sv['other_share']:.0f}%, {sv['decode_step_ms']:.2f} ({sv['decode_forward_ms']:.2f})", flush=True)
     if len(out["levels"]) > 1 and out["levels"][0]["tokens_per_s"] > 0:
         base = out["levels"][0]["tokens_per_s"]
         for r in out["levels"]:

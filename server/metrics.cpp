@@ -88,6 +88,12 @@ std::string Metrics::render(const SchedulerStats& s, bool ready) const {
   out += buf;
   std::snprintf(buf, sizeof buf, "hyco_scheduler_step_seconds_total{kind=\"prefill\"} %.6f\n", s.step_seconds_prefill);
   out += buf;
+  out += "# HELP hyco_scheduler_forward_seconds_total Seconds in the model's forward, the part of those steps before sampling, by kind.\n"
+         "# TYPE hyco_scheduler_forward_seconds_total counter\n";
+  std::snprintf(buf, sizeof buf, "hyco_scheduler_forward_seconds_total{kind=\"decode\"} %.6f\n", s.forward_seconds_decode);
+  out += buf;
+  std::snprintf(buf, sizeof buf, "hyco_scheduler_forward_seconds_total{kind=\"prefill\"} %.6f\n", s.forward_seconds_prefill);
+  out += buf;
   gauge("hyco_ready", "1 once the model is loaded.", ready ? 1 : 0);
   gauge("hyco_queue_depth", "Requests waiting for a slot.", s.n_waiting);
   gauge("hyco_running_sequences", "Sequences being generated.", s.n_running);

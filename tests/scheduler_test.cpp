@@ -21,6 +21,7 @@ class FakeModel : public StepExecutor {
   const ModelConfig& config() const override { return cfg_; }
   void forward(const Batch& b, KvCache& kv, std::vector<float>& logits) override {
     batches.push_back(b);
+    if (delay.count() > 0) std::this_thread::sleep_for(delay);  // a forward that takes time
     if (fail_next) {  // as a device error or an allocation failure partway through a step
       fail_next = false;
       throw std::runtime_error("device lost");
@@ -41,6 +42,7 @@ class FakeModel : public StepExecutor {
   }
   std::vector<Batch> batches;
   bool fail_next = false;
+  std::chrono::microseconds delay{0};
 
  private:
   ModelConfig cfg_;
@@ -118,6 +120,7 @@ TEST_CASE("running streams decode every step while a long prompt is prefilled in
   CHECK(r.sched->stats().n_prefill_tokens == 9);
   CHECK(r.sched->stats().n_steps_prefill == 1);
   auto c = r.submit(seq_tokens(80, 100), 5, "c");
+  r.model.delay = std::chrono::milliseconds(2);  // each forward from here on takes >= 2 ms
   int prefill_steps = 0;
   for (int step = 0; step < 8; ++step) {
     r.sched->step();
@@ -139,6 +142,10 @@ TEST_CASE("running streams decode every step while a long prompt is prefilled in
   CHECK(st.n_steps_prefill == 9);
   CHECK(st.step_seconds_prefill > 0);
   CHECK(st.step_seconds_decode == 0);
+  // The forward's share of the steps: 8 forwards of >= 2 ms, within the steps' time.
+  CHECK(st.forward_seconds_prefill >= 8 * 0.002);
+  CHECK(st.forward_seconds_prefill <= st.step_seconds_prefill);
+  CHECK(st.forward_seconds_decode == 0);
   auto da = drain(*a);
   CHECK(da.tokens == seq_tokens(6, 9));  // one token per step: no stall during c's prefill
   auto dc = drain(*c);
@@ -149,6 +156,8 @@ TEST_CASE("running streams decode every step while a long prompt is prefilled in
   CHECK(st.n_steps_prefill == 9);
   CHECK(st.n_prefill_tokens == 109);
   CHECK(st.step_seconds_decode > 0);
+  CHECK(st.forward_seconds_decode >= 0.002);
+  CHECK(st.forward_seconds_decode <= st.step_seconds_decode);
 }
 
 TEST_CASE("at most parallel sequences run and waiting requests start in arrival order", "[scheduler]") {

@@ -376,7 +376,8 @@ class OpsRoutes(h.ServerTest, Shapes):
                      "hyco_time_to_first_token_seconds", "hyco_inter_token_seconds",
                      "hyco_queue_depth", "hyco_running_sequences", "hyco_kv_bytes_used",
                      "hyco_cancelled_total", "hyco_client_disconnects_total", "hyco_prefill_tokens_total",
-                     "hyco_scheduler_prefill_steps_total", "hyco_scheduler_step_seconds_total"):
+                     "hyco_scheduler_prefill_steps_total", "hyco_scheduler_step_seconds_total",
+                     "hyco_scheduler_forward_seconds_total"):
             self.assertIn(name, types, f"/metrics lacks {name}")
         self.assertGreaterEqual(m['hyco_requests_total{route="/completion",status="200"}'], 1)
         self.assertGreaterEqual(m["hyco_generated_tokens_total"], 4)
@@ -402,6 +403,10 @@ class OpsRoutes(h.ServerTest, Shapes):
         self.assertEqual(d["hyco_scheduler_steps_total"], r["tokens_predicted"])
         self.assertGreater(d['hyco_scheduler_step_seconds_total{kind="prefill"}'], 0)
         self.assertGreater(d['hyco_scheduler_step_seconds_total{kind="decode"}'], 0)
+        for kind in ("prefill", "decode"):  # the forward is part of each step
+            fwd = d[f'hyco_scheduler_forward_seconds_total{{kind="{kind}"}}']
+            self.assertGreater(fwd, 0)
+            self.assertLessEqual(fwd, d[f'hyco_scheduler_step_seconds_total{{kind="{kind}"}}'])
 
     def test_unknown_route_is_404(self):
         r = self.server.get("/v2/nothing")
