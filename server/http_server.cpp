@@ -227,6 +227,11 @@ class GuardedServer final : public httplib::Server {
   int read_timeout_ms = 30000, write_timeout_ms = 30000, idle_ms = 5000;
   size_t request_max_bytes = SIZE_MAX;  // request line, headers and body
 
+  // httplib listens with a backlog of 5: a burst of connections (editors opening files, a load
+  // generator's clients) overflows it, and each dropped SYN is retried by the client's kernel only
+  // after a second. Listening again on the bound socket widens the queue.
+  bool widen_backlog() { return svr_sock_ != INVALID_SOCKET && ::listen(svr_sock_, SOMAXCONN) == 0; }
+
  private:
   bool process_and_close_socket(socket_t sock) override {
     DeadlineStream strm(sock, read_timeout_ms, write_timeout_ms);
@@ -737,6 +742,7 @@ void HttpServer::bind() {
   if (!ok)
     throw std::runtime_error("cannot listen on " + impl_->opts.host + ":" + std::to_string(impl_->opts.port) +
                              " (address in use, or not an address of this machine)");
+  if (!impl_->svr.widen_backlog()) spdlog::warn("could not widen the listen backlog: {}", std::strerror(errno));
   impl_->bound_port = port;
 }
 

@@ -298,6 +298,31 @@ class ChoicesOfOneRequest(h.ServerTest):
                 total += int(fields[11]) + int(fields[12])  # utime, stime
         return total / os.sysconf("SC_CLK_TCK")
 
+    def test_a_burst_of_connections_is_accepted_at_once(self):
+        # 64 clients connecting together (editors opening files, a load generator's first
+        # requests) must not overflow the listen queue: a dropped SYN is retried by the client's
+        # kernel only after a full second (httplib listens with a backlog of 5).
+        import select
+        socks = [socket.socket() for _ in range(64)]
+        try:
+            for s in socks:  # as fast as the kernel takes them
+                s.setblocking(False)
+                s.connect_ex(("127.0.0.1", self.server.port))
+            pending, end = set(socks), time.monotonic() + 0.5
+            while pending and time.monotonic() < end:
+                _, ready, _ = select.select([], list(pending), [], max(0.0, end - time.monotonic()))
+                pending -= set(ready)
+            self.assertEqual(len(pending), 0, "connections still waiting for a SYN retry after 0.5 s")
+            for s in socks:
+                s.setblocking(True)
+                s.settimeout(10)
+                s.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            for s in socks:
+                self.assertTrue(s.recv(100).startswith(b"HTTP/1.1 200"))
+        finally:
+            for s in socks:
+                s.close()
+
     def test_a_choice_that_ends_early_does_not_busy_the_relaying_thread(self):
         names = set()
         for t in os.listdir(f"/proc/{self.server.proc.pid}/task"):
