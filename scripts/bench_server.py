@@ -25,10 +25,10 @@ import http.client
 import json
 import os
 import random
+import selectors
 import socket
 import statistics
 import sys
-import threading
 import time
 import urllib.parse
 
@@ -81,80 +81,107 @@ class Server:
                 out[name] = float(value)
         return out
 
-    def stream_infill(self, body):
-        """Streams /infill; returns (ttft_s, token_times, n_tokens, tokens_cached, status).
-
-        A raw socket and an incremental chunked/SSE parser: the load generator shares the cores
-        with the server, so it reads each burst of events with one recv and parses it with a few
-        bytes operations (http.client's readline over chunked bodies cost ~90 us of CPU per event
-        here, a noticeable share of two cores at 16 streams)."""
+    def start_infill(self, body):
+        """Sends a streaming /infill request on a new socket; returns (socket, SseStream)."""
         payload = json.dumps(dict(body, stream=True)).encode()
         head = [f"POST /infill HTTP/1.1", f"Host: {self.host}:{self.port}", f"Content-Length: {len(payload)}",
                 "Connection: close"] + [f"{k}: {v}" for k, v in self.headers.items()]
         sock = socket.create_connection((self.host, self.port), timeout=600)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         try:
-            t0 = time.perf_counter()
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            stream = SseStream(time.perf_counter())
             sock.sendall(("\r\n".join(head) + "\r\n\r\n").encode() + payload)
-            return self._read_stream(sock, t0)
+        except BaseException:
+            sock.close()
+            raise
+        return sock, stream
+
+    def stream_infill(self, body):
+        """Streams /infill to its end; returns (ttft_s, token_times, n_tokens, tokens_cached, status)."""
+        sock, stream = self.start_infill(body)
+        try:
+            while not stream.feed(sock.recv(65536), time.perf_counter()):
+                pass
+            return stream.result()
         finally:
             sock.close()
 
-    @staticmethod
-    def _read_stream(sock, t0):
-        buf = b""
-        while b"\r\n\r\n" not in buf:
-            data = sock.recv(65536)
+
+class SseStream:
+    """Incremental reader of one streaming /infill response, fed the bytes of each recv.
+
+    The load generator shares the cores with the server, so it parses each burst of events with a
+    few bytes operations (http.client's readline over chunked bodies cost ~90 us of CPU per
+    event here), and one thread serves every client (see run_level)."""
+
+    def __init__(self, t0):
+        self.t0 = t0
+        self.head = b""      # bytes before the end of the headers
+        self.status = None
+        self.chunked = False
+        self.raw = b""       # received body bytes not yet de-chunked
+        self.body = b""      # de-chunked bytes not yet split into events
+        self.ttft, self.times, self.n, self.cached = None, [], 0, 0
+        self.done = False
+
+    def result(self):
+        if self.status != 200:
+            return None, [], 0, 0, self.status
+        return self.ttft, self.times, self.n, self.cached, 200
+
+    def feed(self, data, now):
+        """Takes the bytes of one recv (b"" when the server closed), received at `now`; returns
+        True once the response is complete."""
+        if self.status is None:
             if not data:
                 raise ConnectionError("connection closed before the response headers")
-            buf += data
-        head, _, raw = buf.partition(b"\r\n\r\n")
-        status = int(head.split(b" ", 2)[1])
-        if status != 200:
-            return None, [], 0, 0, status
-        chunked = b"transfer-encoding: chunked" in head.lower()
-        ttft, times, n, cached = None, [], 0, 0
-        body = b""  # de-chunked bytes not yet split into events
-        while True:
-            now = time.perf_counter()
-            if chunked:  # take every complete chunk out of `raw`
-                while True:
-                    eol = raw.find(b"\r\n")
-                    if eol < 0:
-                        break
-                    size = int(raw[:eol].split(b";")[0], 16)
-                    if len(raw) < eol + 2 + size + 2:
-                        break
-                    if size == 0:
-                        raw = None
-                        break
-                    body += raw[eol + 2:eol + 2 + size]
-                    raw = raw[eol + 4 + size:]
-            else:
-                body, raw = body + raw, b""
-            *events, body = body.split(b"\n\n")
-            for ev in events:
-                ev = ev.strip()
-                if not ev.startswith(b"data: "):
-                    continue
-                if ev == b"data: [DONE]":
-                    return ttft, times, n, cached, 200
-                e = json.loads(ev[6:])
-                if e.get("stop"):
-                    cached = e.get("tokens_cached", 0)
-                    continue
-                k = e.get("tokens_predicted", 0) - n
-                if k > 0:
-                    if ttft is None:
-                        ttft = now - t0
-                    times.extend([now] * k)
-                    n += k
-            if raw is None:
-                return ttft, times, n, cached, 200
-            data = sock.recv(65536)
-            if not data:
-                return ttft, times, n, cached, 200
-            raw += data
+            self.head += data
+            if b"\r\n\r\n" not in self.head:
+                return False
+            head, _, data = self.head.partition(b"\r\n\r\n")
+            self.status = int(head.split(b" ", 2)[1])
+            if self.status != 200:
+                self.done = True
+                return True
+            self.chunked = b"transfer-encoding: chunked" in head.lower()
+        elif not data:
+            self.done = True
+            return True
+        self.raw += data
+        if self.chunked:  # take every complete chunk out of `raw`
+            while True:
+                eol = self.raw.find(b"\r\n")
+                if eol < 0:
+                    break
+                size = int(self.raw[:eol].split(b";")[0], 16)
+                if len(self.raw) < eol + 2 + size + 2:
+                    break
+                if size == 0:
+                    self.done = True
+                    break
+                self.body += self.raw[eol + 2:eol + 2 + size]
+                self.raw = self.raw[eol + 4 + size:]
+        else:
+            self.body, self.raw = self.body + self.raw, b""
+        *events, self.body = self.body.split(b"\n\n")
+        for ev in events:
+            ev = ev.strip()
+            if not ev.startswith(b"data: "):
+                continue
+            if ev == b"data: [DONE]":
+                self.done = True
+                break
+            e = json.loads(ev[6:])
+            if e.get("stop"):
+                self.cached = e.get("tokens_cached", 0)
+                continue
+            k = e.get("tokens_predicted", 0) - self.n
+            if k > 0:
+                if self.ttft is None:
+                    self.ttft = now - self.t0
+                self.times.extend([now] * k)
+                self.n += k
+        return self.done
 
 
 def load_sources(path, min_bytes):
@@ -221,58 +248,94 @@ def run_level(server, docs, n_clients, duration, n_predict, seed, warmup):
     """n_clients edit their files for `duration` seconds, each sending its next request as soon as
     the last one ends (a closed loop). Only what happens inside the window counts: tokens that
     arrive after it, and the TTFT/ITL samples they would give, do not; requests still running at
-    its end finish (unmeasured) before the next level starts."""
+    its end finish (unmeasured) before the next level starts.
+
+    One thread drives every client over non-blocking sockets: a step of the server's batch sends a
+    token to each stream at about the same time, and one wake-up reads them all (a thread per
+    client cost a wake-up and a GIL hand-over per token, ~15% of two cores at 16 clients)."""
     ttfts, itls, errors, statuses = [], [], 0, {}
     tokens, requests = 0, 0
-    lock = threading.Lock()
-    start = threading.Barrier(n_clients + 1)
-    window = {}
+    sel = selectors.DefaultSelector()
+    clients = [{"rng": random.Random(seed * 1000 + i), "doc": docs[i], "warmup": warmup, "stream": None}
+               for i in range(n_clients)]
+    window = {"end": None}
 
-    def client(i):
+    def send(c):
+        """Starts the client's next request; False (counted as an error) when it cannot be sent."""
+        try:
+            sock, stream = server.start_infill(c["doc"].request(n_predict))
+        except OSError:
+            return False
+        sock.setblocking(False)
+        c["stream"] = stream
+        sel.register(sock, selectors.EVENT_READ, c)
+        return True
+
+    def finished(c, result):
+        """Counts a request that ended (result None: a transport failure) and starts the next."""
         nonlocal errors, tokens, requests
-        rng = random.Random(seed * 1000 + i)
-        doc = docs[i]
-        # Warm-up (not measured): the editor opened the file and asked once already.
-        for _ in range(warmup):
-            try:
-                server.stream_infill(doc.request(n_predict))
-            except Exception:  # noqa: BLE001 - counted below when it happens again
-                pass
-            doc.type(rng)
-        start.wait()
+        c["stream"] = None
+        c["doc"].type(c["rng"])
+        if window["end"] is None:  # warm-up (not measured): the editor opened the file and asked once already
+            c["warmup"] -= 1
+            if c["warmup"] > 0:
+                send(c)
+            return
+        ttft, times, n, _, status = result if result else (None, [], 0, 0, -1)
         t_end = window["end"]
+        inside = [t for t in times if t <= t_end]
+        statuses[status] = statuses.get(status, 0) + 1
+        if status != 200 or ttft is None:
+            errors += 1
+        else:
+            requests += 1
+            if inside:
+                ttfts.append(ttft)
+            itls.extend(b - a for a, b in zip(inside, inside[1:]))
+            tokens += len(inside)
         while time.perf_counter() < t_end:
-            try:
-                ttft, times, n, _, status = server.stream_infill(doc.request(n_predict))
-            except Exception:  # noqa: BLE001 - any transport failure counts as an error
-                ttft, times, n, status = None, [], 0, -1
-            inside = [t for t in times if t <= t_end]
-            with lock:
-                statuses[status] = statuses.get(status, 0) + 1
-                if status != 200 or ttft is None:
-                    errors += 1
-                else:
-                    requests += 1
-                    if inside:
-                        ttfts.append(ttft)
-                    itls.extend(b - a for a, b in zip(inside, inside[1:]))
-                    tokens += len(inside)
-            doc.type(rng)
+            if send(c):
+                return
+            statuses[-1] = statuses.get(-1, 0) + 1
+            errors += 1
 
-    threads = [threading.Thread(target=client, args=(i,)) for i in range(n_clients)]
-    for t in threads:
-        t.start()
-    # Every client has warmed up its file when the barrier opens; the window starts then.
-    while start.n_waiting < n_clients:
-        time.sleep(0.01)
+    def pump(timeout):
+        for key, _ in sel.select(timeout):
+            sock, c = key.fileobj, key.data
+            try:
+                try:
+                    data = sock.recv(65536)
+                except BlockingIOError:  # readiness without data: wait again
+                    continue
+                done = c["stream"].feed(data, time.perf_counter())
+                result = c["stream"].result() if done else None
+            except (OSError, ValueError):  # any transport or protocol failure counts as an error
+                done, result = True, None
+            if done:
+                sel.unregister(sock)
+                sock.close()
+                finished(c, result)
+
+    # Warm-up: every client's first requests, together; the window opens when all have ended.
+    for c in clients:
+        if c["warmup"] > 0 and not send(c):
+            c["warmup"] = 0
+    while sel.get_map():
+        pump(1.0)
     m0 = server.metrics()
     t0 = time.perf_counter()
     window["end"] = t0 + duration
-    start.wait()
-    time.sleep(max(0.0, window["end"] - time.perf_counter()))
-    m1 = server.metrics()
-    for t in threads:
-        t.join()
+    for c in clients:
+        finished_now = not send(c)
+        if finished_now:
+            finished(c, None)
+    m1 = None
+    while sel.get_map() or m1 is None:
+        now = time.perf_counter()
+        if m1 is None and now >= window["end"]:
+            m1 = server.metrics()
+            continue
+        pump(max(0.0, window["end"] - now) if m1 is None else 1.0)
     d = {k: v - m0.get(k, 0.0) for k, v in m1.items()}
     return {"clients": n_clients, "requests": requests, "errors": errors, "statuses": statuses,
             "ttft_p50_ms": 1e3 * percentile(ttfts, 50), "ttft_p99_ms": 1e3 * percentile(ttfts, 99),
