@@ -149,8 +149,26 @@ class Deadline(h.ServerTest):
                                                       "temperature": 0, "ignore_eos": True})
         self.assertEqual(o["choices"][0]["finish_reason"], "length")
         self.assertLess(o["usage"]["completion_tokens"], LONG)
+        # Ollama has no ignore_eos, and the test model soon emits EOS: a prompt that fills the
+        # context takes longer than the timeout to compute (~1.3 s here), and the deadline
+        # passes during its prefill.
+        long_prompt = h.cases()["plain"][0]["prompt"] * 1200
+        g = self.server.post_json("/api/generate", {"model": h.MODEL_NAME, "prompt": long_prompt, "stream": False,
+                                                    "options": {"num_predict": 100, "temperature": 0}})
+        self.assertTrue(g["done"])
+        self.assertEqual(g["done_reason"], "length")
+        self.assertEqual(g["error"], "deadline passed")
+        self.assertLess(g["eval_count"], 100)
+        # Streaming (NDJSON): whatever was generated, then a last line that says why it ended.
+        with self.server.stream("/api/generate", {"model": h.MODEL_NAME, "prompt": long_prompt,
+                                                  "options": {"num_predict": 100, "temperature": 0}}) as st:
+            lines = h.ndjson(st.lines())
+        self.assertTrue(lines[-1]["done"])
+        self.assertEqual(lines[-1]["done_reason"], "length")
+        self.assertEqual(lines[-1]["error"], "deadline passed")
+        self.assertTrue(all(not x["done"] for x in lines[:-1]))
         m = self.server.metrics()
-        self.assertEqual(m["hyco_cancelled_total"], before["hyco_cancelled_total"] + 2)
+        self.assertEqual(m["hyco_cancelled_total"], before["hyco_cancelled_total"] + 4)
         self.assertEqual(m["hyco_client_disconnects_total"], before["hyco_client_disconnects_total"])
         self.server.wait_idle()
         # A short request still runs normally.
