@@ -2,6 +2,7 @@
 #include "server/metrics.h"
 
 #include <cstdio>
+#include <utility>
 
 namespace hyco {
 
@@ -82,18 +83,19 @@ std::string Metrics::render(const SchedulerStats& s, bool ready) const {
   counter("hyco_scheduler_steps_total", "Forward steps run by the scheduler.", s.n_steps);
   counter("hyco_scheduler_prefill_steps_total", "Forward steps that carried prompt chunks (the rest only decoded).",
           s.n_steps_prefill);
-  out += "# HELP hyco_scheduler_step_seconds_total Seconds in forward steps (forward, sampling, emitting), by kind.\n"
-         "# TYPE hyco_scheduler_step_seconds_total counter\n";
-  std::snprintf(buf, sizeof buf, "hyco_scheduler_step_seconds_total{kind=\"decode\"} %.6f\n", s.step_seconds_decode);
-  out += buf;
-  std::snprintf(buf, sizeof buf, "hyco_scheduler_step_seconds_total{kind=\"prefill\"} %.6f\n", s.step_seconds_prefill);
-  out += buf;
-  out += "# HELP hyco_scheduler_forward_seconds_total Seconds in the model's forward, the part of those steps before sampling, by kind.\n"
-         "# TYPE hyco_scheduler_forward_seconds_total counter\n";
-  std::snprintf(buf, sizeof buf, "hyco_scheduler_forward_seconds_total{kind=\"decode\"} %.6f\n", s.forward_seconds_decode);
-  out += buf;
-  std::snprintf(buf, sizeof buf, "hyco_scheduler_forward_seconds_total{kind=\"prefill\"} %.6f\n", s.forward_seconds_prefill);
-  out += buf;
+  // Seconds by kind of step (decode-only, or with prompt chunks).
+  auto seconds_by_kind = [&](const std::string& name, const char* help, double decode, double prefill) {
+    out += "# HELP " + name + " " + help + "\n# TYPE " + name + " counter\n";
+    for (auto [kind, v] : {std::pair<const char*, double>{"decode", decode}, {"prefill", prefill}}) {
+      std::snprintf(buf, sizeof buf, "{kind=\"%s\"} %.6f\n", kind, v);
+      out += name + buf;
+    }
+  };
+  seconds_by_kind("hyco_scheduler_step_seconds_total", "Seconds in forward steps (forward, sampling, emitting), by kind.",
+                  s.step_seconds_decode, s.step_seconds_prefill);
+  seconds_by_kind("hyco_scheduler_forward_seconds_total",
+                  "Seconds in the model's forward, the part of those steps before sampling, by kind.",
+                  s.forward_seconds_decode, s.forward_seconds_prefill);
   gauge("hyco_ready", "1 once the model is loaded.", ready ? 1 : 0);
   gauge("hyco_queue_depth", "Requests waiting for a slot.", s.n_waiting);
   gauge("hyco_running_sequences", "Sequences being generated.", s.n_running);
