@@ -13,8 +13,10 @@
 # train_log.jsonl and gpu_train.log.
 #
 #   bash scripts/gpu_train.sh --bundle BUNDLE --results RESULTS [--minutes 8] [--resume CKPT]
-#        [--transfer DIR] [--cpu] [--name NAME] [-- more train.py arguments]
+#        [--transfer DIR] [--model-only] [--cpu] [--name NAME] [-- more train.py arguments]
 #
+# --model-only: no checkpoint during the run and no checkpoint_parts/ (for a run whose checkpoint
+# cannot come back anyway: 12 bytes per parameter is over what the GPU machine returns).
 # --resume CKPT: a checkpoint folder (state.pt) or a folder of split parts (*.parts.json).
 # --cpu: force the CPU (for testing this script without a GPU; give a tiny model in the bundle).
 # Defaults on CUDA: --ctx 2048 --batch 64 --lr 1.5e-3 --warmup 100 --val-every 500; any of them
@@ -22,7 +24,7 @@
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-bundle="" results="" minutes=8 resume="" transfer="" cpu=0 name="hyco-rust"
+bundle="" results="" minutes=8 resume="" transfer="" cpu=0 name="hyco-rust" model_only=0
 extra=()
 while (($#)); do
   case "$1" in
@@ -33,8 +35,9 @@ while (($#)); do
     --transfer) transfer=$2; shift 2 ;;
     --name) name=$2; shift 2 ;;
     --cpu) cpu=1; shift ;;
+    --model-only) model_only=1; shift ;;
     --) shift; extra=("$@"); break ;;
-    -h|--help) sed -n '2,24p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,27p' "$0"; exit 0 ;;
     *) echo "gpu_train.sh: unknown argument $1" >&2; exit 2 ;;
   esac
 done
@@ -88,12 +91,14 @@ config_args=(--config "$bundle/config.json")
 ((${#resume_args[@]})) && config_args=()
 # train.py keeps to --minutes by itself (tokenization, compile and the final checkpoint
 # included); the timeout only guards against a hang: SIGTERM makes it checkpoint and stop.
+ckpt_minutes=4
+((model_only)) && ckpt_minutes=0
 limit=$("$PY" -c "print(int($minutes * 60 + 60))")
 rc=0
 timeout -k 60 "$limit" "$PY" "$here/train.py" "${config_args[@]}" \
   --train "$bundle/train.jsonl.xz" --valid "$bundle/valid.jsonl.xz" \
   --tokenizer "$bundle/tokenizer.model" --out "$run" --minutes "$minutes" \
-  --workers "$(nproc)" --ckpt-minutes 4 "${dev_args[@]}" "${resume_args[@]}" "${extra[@]}" || rc=$?
+  --workers "$(nproc)" --ckpt-minutes "$ckpt_minutes" "${dev_args[@]}" "${resume_args[@]}" "${extra[@]}" || rc=$?
 if [[ ! -f $run/checkpoint/state.pt ]]; then
   stamp "train.py failed (exit $rc) before its first checkpoint"; exit 1
 fi
@@ -105,8 +110,12 @@ rm -rf "$results/model"
 "$PY" "$here/export_model.py" --checkpoint "$run/checkpoint" --out "$results/model" \
   --name "$name" --max-shard-mib 16 "${manifest_args[@]}"
 rm -rf "$results/checkpoint_parts"
-"$PY" "$here/split_join.py" split "$run/checkpoint" "$results/checkpoint_parts" --part-mib 15
-stamp "exported: $(du -sh "$results/model" | cut -f1) model, $(du -sh "$results/checkpoint_parts" | cut -f1) checkpoint parts"
+if ((model_only)); then
+  stamp "exported: $(du -sh "$results/model" | cut -f1) model"
+else
+  "$PY" "$here/split_join.py" split "$run/checkpoint" "$results/checkpoint_parts" --part-mib 15
+  stamp "exported: $(du -sh "$results/model" | cut -f1) model, $(du -sh "$results/checkpoint_parts" | cut -f1) checkpoint parts"
+fi
 
 if [[ -n $transfer ]]; then
   mkdir -p "$transfer"

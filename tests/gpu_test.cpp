@@ -21,6 +21,9 @@ namespace {
 bool gpu_or_skip() {
   std::string why;
   if (cuda_available(&why)) return true;
+  // scripts/gpu_check.sh sets HYCO_REQUIRE_GPU: there a skipped test would pass and hide that the
+  // GPU was never used.
+  if (std::getenv("HYCO_REQUIRE_GPU")) FAIL("HYCO_REQUIRE_GPU is set but no GPU is usable: " << why);
   WARN("skipped: " << why);
   return false;
 }

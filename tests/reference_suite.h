@@ -2,6 +2,7 @@
 // engine on any backend: shared by the CPU reference tests and the GPU tests.
 #pragma once
 
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -20,7 +21,12 @@ namespace hyco::test {
 
 namespace fs = std::filesystem;
 
-inline const fs::path kSuite = fs::path(HYCO_BINARY_DIR) / "reference";
+// HYCO_REFERENCE_DIR overrides where the suite is read from: a test binary built on one machine
+// and run on another (scripts/gpu_check.sh --prebuilt) finds it there.
+inline const fs::path kSuite = [] {
+  const char* dir = std::getenv("HYCO_REFERENCE_DIR");
+  return dir && *dir ? fs::path(dir) : fs::path(HYCO_BINARY_DIR) / "reference";
+}();
 
 struct Expected {
   std::vector<int32_t> tokens, greedy;
