@@ -93,12 +93,27 @@ config_args=(--config "$bundle/config.json")
 # included); the timeout only guards against a hang: SIGTERM makes it checkpoint and stop.
 ckpt_minutes=4
 ((model_only)) && ckpt_minutes=0
-limit=$("$PY" -c "print(int($minutes * 60 + 60))")
-rc=0
-timeout -k 60 "$limit" "$PY" "$here/train.py" "${config_args[@]}" \
-  --train "$bundle/train.jsonl.xz" --valid "$bundle/valid.jsonl.xz" \
-  --tokenizer "$bundle/tokenizer.model" --out "$run" --minutes "$minutes" \
-  --workers "$(nproc)" --ckpt-minutes "$ckpt_minutes" "${dev_args[@]}" "${resume_args[@]}" "${extra[@]}" || rc=$?
+train() {  # train MINUTES [more train.py arguments]: sets rc
+  local m=$1 limit
+  shift
+  limit=$("$PY" -c "print(int($m * 60 + 60))")
+  rc=0
+  timeout -k 60 "$limit" "$PY" "$here/train.py" "${config_args[@]}" \
+    --train "$bundle/train.jsonl.xz" --valid "$bundle/valid.jsonl.xz" \
+    --tokenizer "$bundle/tokenizer.model" --out "$run" --minutes "$m" \
+    --workers "$(nproc)" --ckpt-minutes "$ckpt_minutes" "${dev_args[@]}" "${resume_args[@]}" "${extra[@]}" "$@" || rc=$?
+}
+train "$minutes"
+if [[ ! -f $run/checkpoint/state.pt ]] && ((!cpu)); then
+  # A failure of the fast path (torch.compile, fused attention) on a PyTorch this script has not
+  # met yet should not cost the run: once more, eagerly, with what time is left.
+  left=$("$PY" -c "print(round($minutes - ($(date +%s) - $t0) / 60 - 0.2, 2))")
+  if "$PY" -c "import sys; sys.exit(0 if $left >= 1.5 else 1)"; then
+    stamp "train.py failed (exit $rc) before its first checkpoint: again without torch.compile and SDPA, $left minutes"
+    rm -rf "$run"; mkdir -p "$run"
+    train "$left" --no-compile --no-sdpa
+  fi
+fi
 if [[ ! -f $run/checkpoint/state.pt ]]; then
   stamp "train.py failed (exit $rc) before its first checkpoint"; exit 1
 fi
