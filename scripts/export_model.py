@@ -133,6 +133,12 @@ FONT = {  # 5x7 glyphs, rows top to bottom separated by '/'
     ":": "...../.##../.##../...../.##../.##../.....",
     "g": "...../.####/#...#/#...#/.####/....#/.###.",
     ",": "...../...../...../...../.##../..#../.#...",
+    "K": "#...#/#..#./#.#../##.../#.#../#..#./#...#",
+    "V": "#...#/#...#/#...#/#...#/#...#/.#.#./..#..",
+    "B": "####./#...#/#...#/####./#...#/#...#/####.",
+    "L": "#..../#..../#..../#..../#..../#..../#####",
+    "w": "...../...../#...#/#...#/#.#.#/#.#.#/.#.#.",
+    "x": "...../...../#...#/.#.#./..#../.#.#./#...#",
     " ": "/".join(["....."] * 7),
 }
 
@@ -390,7 +396,10 @@ def model_card(name, cfg, meta, files, manifest, specials):
     else:
         L += ["* No validation result in the checkpoint."]
     L += ["", "![loss curve](loss.png)"]
-    L += ["", "## Evaluation", "", "evaluation: see README", "",
+    L += ["", "## Evaluation", "",
+          "Not evaluated at export. `scripts/eval.py` measures bits/byte on the test split and "
+          "single-line infill and next-line exact match through the server routes; its results "
+          "belong here.", "",
           "## FIM format", "",
           "Special tokens (control symbols, inserted by id, never produced by text): "
           + ", ".join(f"`{p}`={i}" for p, i in specials.items())
