@@ -4,8 +4,8 @@
   * bits per byte on the test split: /v1/completions with echo + logprobs and max_tokens 0
     scores each file (files longer than the window of --score-chars characters are scored in
     consecutive pieces, each from a fresh context);
-  * single-line infilling: lines of the test files with >= 10 non-blank characters (a seeded
-    sample of --lines); prefix = everything before the line, suffix = everything after (both cut
+  * single-line infilling: lines of the test files with >= 10 non-blank characters, other than
+    a file's first line (a seeded sample of --lines); prefix = everything before the line, suffix = everything after (both cut
     to --context-chars around the cursor, as a plugin sends them); /infill, greedy, stop at the
     newline; exact match (trailing blanks ignored) and edit similarity;
   * next-line completion: the same lines with no suffix, through /completion.
@@ -97,7 +97,8 @@ def pick_lines(docs, n, seed):
     for di, text in enumerate(docs):
         pos = 0
         for line in text.split("\n"):
-            if len(line.strip()) >= 10 and len(re.sub(r"\s", "", line)) >= 10:
+            # (not a file's first line: next-line completion needs a prefix to continue)
+            if pos > 0 and len(line.strip()) >= 10 and len(re.sub(r"\s", "", line)) >= 10:
                 cands.append((di, pos, len(line)))
             pos += len(line) + 1
     rng = random.Random(seed)
@@ -150,8 +151,11 @@ def main():
         bpb, scored = bits_per_byte(host, port, docs, args.score_chars, args.score_bytes)
         t1 = time.time()
         lines = pick_lines(docs, args.lines, args.seed)
+        print(f"bits/byte {bpb:.4f} over {scored} bytes ({t1 - t0:.0f} s)", flush=True)
         infill = line_tasks(host, port, docs, lines, args.context_chars, True)
         t2 = time.time()
+        print(f"single-line infill EM {100 * infill['exact_match']:.1f}% ES {100 * infill['edit_similarity']:.1f}% "
+              f"({infill['lines']} lines, {t2 - t1:.0f} s)", flush=True)
         nextline = line_tasks(host, port, docs, lines, args.context_chars, False)
         t3 = time.time()
         out = {"model": args.model or args.url, "bits_per_byte": bpb, "bytes_scored": scored,
