@@ -13,7 +13,9 @@ Data
       plain (rate 1 - fim_rate):  <s> E(text) </s>
       FIM (rate fim_rate), the document cut into pieces of at most --fim-max-chars characters at
       line ends, each piece split at two uniformly random character positions (so the middle
-      can start and end mid-line and mid-token), the three parts tokenized separately:
+      can start and end mid-line and mid-token) or, in a share --fim-line-rate of them, around
+      whole lines (from a line start to a line end, 1 line in 2 of them, 2 in 4, ...: what an
+      editor asks to fill), the three parts tokenized separately:
         SPM (share --spm-rate):
           <s> <fim-suffix> E(suffix) <fim-prefix> E(prefix) <fim-middle> E(middle) </s>
         PSM (the rest):
@@ -112,6 +114,9 @@ def parse_args(argv=None):
     a("--fim-rate", type=float, default=0.5, help="share of documents turned into FIM examples")
     a("--spm-rate", type=float, default=0.5,
       help="share of FIM examples in suffix-prefix-middle order (the rest: prefix-suffix-middle)")
+    a("--fim-line-rate", type=float, default=0.5,
+      help="share of FIM examples whose middle is whole lines (the rest: between two random "
+           "characters)")
     a("--fim-max-chars", type=int, default=0,
       help="FIM documents are cut into pieces of at most this many characters (0: 3 x ctx)")
     a("--workers", type=int, default=os.cpu_count() or 1, help="tokenizer processes")
@@ -216,11 +221,33 @@ def fim_pieces(text, max_chars):
     return pieces
 
 
-def fim_example(piece, rng, spm_order):
-    """(tokens, index of the first middle token) for one FIM example of `piece`."""
+def line_span(piece, rng):
+    """(a, b): a middle of whole lines, as an editor's single- or multi-line completion sees it:
+    from the start of a random line to the end of that line or of one of the next few (the
+    newline after it stays in the suffix). 1 line in 2, 2 in 4, ..., at most 8."""
+    starts = [0] + [i + 1 for i, c in enumerate(piece) if c == "\n" and i + 1 < len(piece)]
+    a = starts[rng.randrange(len(starts))]
+    k = 1
+    while k < 8 and rng.random() < 0.5:
+        k += 1
+    b, pos = a, a
+    for _ in range(k):
+        nl = piece.find("\n", pos)
+        if nl < 0:
+            return a, len(piece)
+        b, pos = nl, nl + 1
+    return a, b
+
+
+def fim_example(piece, rng, spm_order, whole_lines=False):
+    """(tokens, index of the first middle token) for one FIM example of `piece`: the middle
+    between two uniformly random characters, or with whole_lines, whole lines (line_span)."""
     ids = _W["ids"]
     n = len(piece)
-    a, b = sorted((rng.randint(0, n), rng.randint(0, n)))
+    if whole_lines:
+        a, b = line_span(piece, rng)
+    else:
+        a, b = sorted((rng.randint(0, n), rng.randint(0, n)))
     prefix, middle, suffix = piece[:a], piece[a:b], piece[b:]
     if spm_order:
         head = [ids.bos, ids.suffix] + encode(suffix) + [ids.prefix] + encode(prefix)
@@ -230,7 +257,7 @@ def fim_example(piece, rng, spm_order):
     return head + encode(middle) + [ids.eos], len(head)
 
 
-def document_examples(text, rng, fim_rate, spm_rate, max_chars, stats):
+def document_examples(text, rng, fim_rate, spm_rate, max_chars, stats, line_rate=0.0):
     ids = _W["ids"]
     if rng.random() >= fim_rate:
         stats["plain"] += 1
@@ -239,20 +266,23 @@ def document_examples(text, rng, fim_rate, spm_rate, max_chars, stats):
     for piece in fim_pieces(text, max_chars):
         spm_order = rng.random() < spm_rate
         stats["spm" if spm_order else "psm"] += 1
-        out.append(fim_example(piece, rng, spm_order)[0])
+        # (no draw at line_rate 0: the examples of earlier runs stay as they were)
+        whole_lines = line_rate > 0 and rng.random() < line_rate
+        stats["lines"] += whole_lines
+        out.append(fim_example(piece, rng, spm_order, whole_lines)[0])
     return out
 
 
 def tokenize_train_chunk(task):
-    """task: (seed, epoch, [(doc_id, text)], fim_rate, spm_rate, max_chars) ->
+    """task: (seed, epoch, [(doc_id, text)], fim_rate, spm_rate, max_chars, line_rate) ->
     (uint16/int32 array of the examples in order, stats)."""
     import numpy as np
-    seed, epoch, docs, fim_rate, spm_rate, max_chars = task
-    stats = {"docs": 0, "plain": 0, "spm": 0, "psm": 0, "bytes": 0}
+    seed, epoch, docs, fim_rate, spm_rate, max_chars, line_rate = task
+    stats = {"docs": 0, "plain": 0, "spm": 0, "psm": 0, "lines": 0, "bytes": 0}
     toks = []
     for doc_id, text in docs:
         rng = random.Random(f"{seed}:{epoch}:{doc_id}")
-        for ex in document_examples(text, rng, fim_rate, spm_rate, max_chars, stats):
+        for ex in document_examples(text, rng, fim_rate, spm_rate, max_chars, stats, line_rate):
             toks += ex
         stats["docs"] += 1
         stats["bytes"] += len(text.encode("utf-8"))
@@ -310,8 +340,11 @@ class TrainData:
         self.np = np
         self.args, self.texts, self.pool = args, texts, pool
         self.max_chars = args.fim_max_chars or 3 * args.ctx
-        key = json.dumps([FORMAT_VERSION, corpus_hash, tok_hash, args.seed, args.fim_rate,
-                          args.spm_rate, self.max_chars])
+        key = [FORMAT_VERSION, corpus_hash, tok_hash, args.seed, args.fim_rate,
+               args.spm_rate, self.max_chars]
+        if args.fim_line_rate:   # (so that the caches of runs without it keep their keys)
+            key.append(args.fim_line_rate)
+        key = json.dumps(key)
         self.key = hashlib.blake2b(key.encode(), digest_size=6).hexdigest()
         self.cache = args.cache_dir or os.path.join(args.out, "cache")
         os.makedirs(self.cache, exist_ok=True)
@@ -347,13 +380,15 @@ class TrainData:
                 batch.append((int(i), t))
                 size += len(t)
                 if size >= 1 << 20 or len(batch) >= 512:
-                    yield (args.seed, epoch, batch, args.fim_rate, args.spm_rate, self.max_chars)
+                    yield (args.seed, epoch, batch, args.fim_rate, args.spm_rate, self.max_chars,
+                           args.fim_line_rate)
                     batch, size = [], 0
             if batch:
-                yield (args.seed, epoch, batch, args.fim_rate, args.spm_rate, self.max_chars)
+                yield (args.seed, epoch, batch, args.fim_rate, args.spm_rate, self.max_chars,
+                       args.fim_line_rate)
 
         base = self.path(epoch)
-        stats = {"docs": 0, "plain": 0, "spm": 0, "psm": 0, "bytes": 0, "tokens": 0}
+        stats = {"docs": 0, "plain": 0, "spm": 0, "psm": 0, "lines": 0, "bytes": 0, "tokens": 0}
         with open(base + ".tmp", "wb") as f:
             for arr, st in self.pool.imap(tokenize_train_chunk, tasks()):
                 arr.astype(self.dtype, copy=False).tofile(f)
@@ -367,7 +402,8 @@ class TrainData:
         os.replace(base + ".json.tmp", base + ".json")
         log(f"tokenized epoch {epoch}: {stats['docs']} documents, {stats['tokens']:,} tokens "
             f"({stats['bytes'] / max(1, stats['tokens']):.2f} bytes/token), examples plain "
-            f"{stats['plain']} / SPM {stats['spm']} / PSM {stats['psm']}, {stats['seconds']} s")
+            f"{stats['plain']} / SPM {stats['spm']} / PSM {stats['psm']} (whole lines "
+            f"{stats['lines']}), {stats['seconds']} s")
 
     def epoch(self, epoch):
         """(tokens memmap, sequence order) of an epoch, building it if needed."""
@@ -826,6 +862,7 @@ class Trainer:
                      "tokenizer_hash": self.tok_hash, "params": self.n_params,
                      "config": self.cfg, "lr": cyc["lr"], "weight_decay": a.weight_decay,
                      "seed": a.seed, "fim_rate": a.fim_rate, "spm_rate": a.spm_rate,
+                     "fim_line_rate": a.fim_line_rate,
                      "fim_max_chars": self.data.max_chars,
                      "train_file": os.path.abspath(a.train),
                      "valid_file": os.path.abspath(a.valid),
