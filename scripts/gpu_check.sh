@@ -26,7 +26,9 @@ while (($#)); do
     --quick) quick=--quick ;;
     --no-bench) benchmarks=0 ;;
     --bench-only) build_and_test=0 ;;
-    --prebuilt) prebuilt=$(cd "${2:?--prebuilt DIR}" && pwd); shift ;;
+    --prebuilt)
+      [[ -d ${2:-} ]] || { echo "gpu_check.sh: --prebuilt needs a folder (scripts/gpu_prepare.sh makes it), got '${2:-}'" >&2; exit 2; }
+      prebuilt=$(cd "$2" && pwd); shift ;;
     *) echo "gpu_check.sh: unknown argument $1" >&2; exit 2 ;;
   esac
   shift
@@ -58,15 +60,20 @@ hyco="$build/cli/hyco" test_gpu="$build/tests/test_gpu"
 if [[ -n $prebuilt ]]; then
   # CUDA's runtime and cuBLAS from this machine's toolkit (wherever the loader does not look), else
   # from PyTorch's CUDA wheels.
+  # The sonames are the ones the binary was linked against (libcublas.so.13 with CUDA 13).
+  cublas=$(readelf -d "$prebuilt/bin/hyco" 2>/dev/null | sed -n 's/.*\[\(libcublas\.so\.[0-9]*\)\].*/\1/p' | head -1)
+  cudart=$(readelf -d "$prebuilt/bin/hyco" 2>/dev/null | sed -n 's/.*\[\(libcudart\.so\.[0-9]*\)\].*/\1/p' | head -1)
+  cublas=${cublas:-libcublas.so.13} cudart=${cudart:-libcudart.so.13}
   cuda_libs=""
   for d in /usr/local/cuda/lib64 /usr/local/cuda/lib /usr/local/cuda/targets/x86_64-linux/lib; do
-    [[ -e $d/libcublas.so.13 ]] && cuda_libs+=":$d"
+    [[ -e $d/$cublas ]] && cuda_libs+=":$d"
   done
-  if [[ -z $cuda_libs ]] && ! ldconfig -p 2>/dev/null | grep -q 'libcublas.so.13 '; then
-    for f in $(find /opt /usr/local /usr/lib -name 'libcublas.so.13' -o -name 'libcudart.so.13' 2>/dev/null); do
+  if [[ -z $cuda_libs ]] && ! ldconfig -p 2>/dev/null | grep -q "$cublas "; then
+    for f in $(find /opt /usr/local /usr/lib -name "$cublas" -o -name "$cudart" 2>/dev/null); do
       cuda_libs+=":$(dirname "$f")"
     done
   fi
+  saved_ld_path=${LD_LIBRARY_PATH-}
   export LD_LIBRARY_PATH="$prebuilt/lib$cuda_libs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
   if "$prebuilt/bin/hyco" --version > "$out/prebuilt.log" 2>&1 && "$prebuilt/bin/test_gpu" --help >> "$out/prebuilt.log" 2>&1; then
     hyco="$prebuilt/bin/hyco" test_gpu="$prebuilt/bin/test_gpu"
@@ -74,6 +81,8 @@ if [[ -n $prebuilt ]]; then
   else
     ((build_and_test)) && echo "prebuilt rc=1 (does not start here: building)" | tee -a "$status"
     prebuilt=""
+    # The build below links against this machine's own libraries, not the carried ones.
+    if [[ -n $saved_ld_path ]]; then export LD_LIBRARY_PATH=$saved_ld_path; else unset LD_LIBRARY_PATH; fi
   fi
 fi
 
@@ -125,6 +134,11 @@ else
   # CodeLlama-7B shape: all-global vs hybrid (3 local : 1 global, window 4096).
   bench codellama "${CODELLAMA_SECONDS:-300}" --preset $shapes/codellama-7b.json \
     --configs 'global;pattern=LLLG,window=4096' --contexts 1024,8192,32768 --decode-tokens 32 --chunk 8192
+  # Windowed prefill attention alone (32K tokens, window 1024, 32 heads x 128): one layer, two
+  # windows; the difference of the prefill times is attention's (scripts/attention_tflops.py).
+  bench attention 60 --preset $shapes/attention-32x128.json --contexts 32768 --chunk 8192 --decode-tokens 1 \
+    --configs 'pattern=L,window=1024;pattern=L,window=16' &&
+    python3 scripts/attention_tflops.py "$out/bench-attention.json" | tee "$out/attention.json"
   # TinyLlama-1.1B shape: 64 concurrent sequences, 512-token prompts.
   bench tinyllama-64 120 --preset $shapes/tinyllama-1.1b.json --contexts 512 --decode-tokens 64 --batch 64 --chunk 512
   bench tinyllama 120 --preset $shapes/tinyllama-1.1b.json --contexts 1024,32768 --decode-tokens 32 --chunk 8192
