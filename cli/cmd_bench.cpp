@@ -116,6 +116,20 @@ int run_bench(const BenchArgs& a) {
                   {"weight_bytes", model->weight_bytes()}};
   out["settings"] = {{"decode_tokens", a.decode_tokens}, {"chunk", a.chunk}, {"repeat", a.repeat}};
   out["results"] = nlohmann::json::array();
+  // The JSON is rewritten after every row (through a temporary file, renamed over it), so a run
+  // stopped by a time limit keeps what it measured.
+  auto write_json = [&] {
+    if (a.json.empty()) return;
+    const std::string tmp = a.json + ".tmp";
+    {
+      std::ofstream f(tmp);
+      if (!f) throw InvalidArgument("--json: cannot write " + tmp);
+      f << out.dump(2) << "\n";
+      if (!f.flush()) throw InvalidArgument("--json: cannot write " + tmp);
+    }
+    if (std::rename(tmp.c_str(), a.json.c_str()) != 0) throw InvalidArgument("--json: cannot write " + a.json);
+  };
+  write_json();
 
   std::printf("# %s on %s\n", source.c_str(), backend->describe().c_str());
   std::printf("# %.1f M parameters, matrices %s, %s\n", double(base.n_params()) / 1e6,
@@ -216,17 +230,13 @@ int run_bench(const BenchArgs& a) {
                           {"kv_bytes", kv_bytes},
                           {"kv_bytes_per_token", double(kv_bytes) / double(n_pos)}};
       out["results"].push_back(r);
+      write_json();
       std::printf("%-10s %-12s %7d | %10.0f %8.1f | %9.1f %8.1f | %12.0f %10.2f\n", name.c_str(),
                   c.pattern_string().substr(0, 12).c_str(), ctx, ctx / prefill_s, pf_flops / prefill_s / 1e9,
                   double(B) * a.decode_tokens / decode_s, dec_bytes / decode_s / 1e9, double(kv_bytes) / double(n_pos),
                   double(kv_bytes) / 1048576.0);
       std::fflush(stdout);
     }
-  }
-  if (!a.json.empty()) {
-    std::ofstream f(a.json);
-    if (!f) throw InvalidArgument("--json: cannot write " + a.json);
-    f << out.dump(2) << "\n";
   }
   return 0;
 }
