@@ -10,11 +10,15 @@
 #   bundle/                  the training bundle (scripts/pack_corpus.sh), when --corpus is given
 #
 #   scripts/gpu_prepare.sh [--out gpu_carry] [--corpus DIR --tokenizer FILE --config FILE]
-#                          [--max-mib 40]
-# The device tool carries at most 64 MiB with the repository: the script prints the total.
+#                          [--max-mib 40] [--drop-model]
+# The device tool carries at most 64 MiB with the repository: the script prints the total and
+# fails when it is over. The shipped model's weights (~60 MiB, tracked in git) are most of the
+# repository and nothing on the GPU machine reads them: --drop-model deletes them from the
+# working tree (`git checkout -- models` brings them back; gpu_session.sh's own training exports
+# elsewhere).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-out=gpu_carry corpus="" tokenizer=models/hyco-rust/tokenizer.model config=models/shapes/hyco-rust.json max_mib=40
+out=gpu_carry corpus="" tokenizer=models/hyco-rust/tokenizer.model config=models/shapes/hyco-rust.json max_mib=40 drop_model=0
 while (($#)); do
   case "$1" in
     --out) out=$2; shift 2 ;;
@@ -22,7 +26,8 @@ while (($#)); do
     --tokenizer) tokenizer=$2; shift 2 ;;
     --config) config=$2; shift 2 ;;
     --max-mib) max_mib=$2; shift 2 ;;
-    -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
+    --drop-model) drop_model=1; shift ;;
+    -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
     *) echo "gpu_prepare.sh: unknown argument $1" >&2; exit 2 ;;
   esac
 done
@@ -53,7 +58,19 @@ if [[ -n $corpus ]]; then
   bash scripts/pack_corpus.sh --corpus "$corpus" --tokenizer "$tokenizer" --config "$config" \
     --out "$out/bundle" --max-mib "$max_mib"
 fi
-repo=$(git ls-files -z | xargs -0 du -cb 2>/dev/null | tail -1 | cut -f1)
+if ((drop_model)); then
+  git ls-files -z -- 'models/*.safetensors' | xargs -0 rm -f
+  echo "gpu_prepare: the shipped model's weights are deleted from the working tree (git checkout -- models restores them)"
+fi
+# What travels: the tracked files still in the working tree, untracked ones git does not ignore,
+# and this folder.
+repo=$( (git ls-files -z; git ls-files -z --others --exclude-standard) |
+  while IFS= read -r -d '' f; do [[ -f $f ]] && printf '%s\0' "$f"; done | du -cb --files0-from=- 2>/dev/null | tail -1 | cut -f1)
 mine=$(du -sb "$out" | cut -f1)
-echo "gpu_prepare: $out $((mine / 1048576)) MiB + repository $((repo / 1048576)) MiB" \
-  "= $(((mine + repo) / 1048576)) MiB (the device tool carries at most 64)"
+total=$(((mine + repo) / 1048576))
+echo "gpu_prepare: $out $((mine / 1048576)) MiB + repository $((repo / 1048576)) MiB = $total MiB" \
+  "(the device tool carries at most 64)"
+if ((mine + repo > 64 * 1048576)); then
+  echo "gpu_prepare: over the device tool's 64 MiB: --drop-model, or a smaller --max-mib bundle" >&2
+  exit 1
+fi

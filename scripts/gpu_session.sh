@@ -70,7 +70,7 @@ fi
 left=$((total - 20 - (SECONDS - t0)))
 say "benchmarks, $left s"
 mv "$work/check/status.txt" "$work/check/status-tests.txt"
-CHECK_SECONDS=$left CODELLAMA_SECONDS=${CODELLAMA_SECONDS:-150} \
+CHECK_SECONDS=$left CODELLAMA_SECONDS=${CODELLAMA_SECONDS:-240} \
   bash scripts/gpu_check.sh "$work/check" --bench-only --prebuilt "$carry"
 say "benchmarks done"
 

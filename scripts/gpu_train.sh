@@ -93,6 +93,12 @@ config_args=(--config "$bundle/config.json")
 # included); the timeout only guards against a hang: SIGTERM makes it checkpoint and stop.
 ckpt_minutes=4
 ((model_only)) && ckpt_minutes=0
+# A SIGTERM to this script (scripts/gpu_session.sh sends one when the training runs past its
+# time) is passed on to train.py through timeout, which forwards it: train.py checkpoints and
+# stops, and the export below still runs.
+child="" stopped=0
+on_term() { stopped=1; [[ -n $child ]] && kill -TERM "$child" 2>/dev/null; }
+trap on_term TERM INT
 train() {  # train MINUTES [more train.py arguments]: sets rc
   local m=$1 limit
   shift
@@ -101,10 +107,18 @@ train() {  # train MINUTES [more train.py arguments]: sets rc
   timeout -k 60 "$limit" "$PY" "$here/train.py" "${config_args[@]}" \
     --train "$bundle/train.jsonl.xz" --valid "$bundle/valid.jsonl.xz" \
     --tokenizer "$bundle/tokenizer.model" --out "$run" --minutes "$m" \
-    --workers "$(nproc)" --ckpt-minutes "$ckpt_minutes" "${dev_args[@]}" "${resume_args[@]}" "${extra[@]}" "$@" || rc=$?
+    --workers "$(nproc)" --ckpt-minutes "$ckpt_minutes" "${dev_args[@]}" "${resume_args[@]}" "${extra[@]}" "$@" &
+  child=$!
+  # wait returns early (status > 128) when the trap runs; wait again until the child has ended.
+  while :; do
+    wait "$child"
+    rc=$?
+    kill -0 "$child" 2>/dev/null || break
+  done
+  child=""
 }
 train "$minutes"
-if [[ ! -f $run/checkpoint/state.pt ]] && ((!cpu)); then
+if [[ ! -f $run/checkpoint/state.pt ]] && ((!cpu && !stopped)); then
   # A failure of the fast path (torch.compile, fused attention) on a PyTorch this script has not
   # met yet should not cost the run: once more, eagerly, with what time is left.
   left=$("$PY" -c "print(round($minutes - ($(date +%s) - $t0) / 60 - 0.2, 2))")
