@@ -366,7 +366,11 @@ def model_card(name, cfg, meta, files, manifest, specials):
           f"Documents were shuffled per epoch; {meta.get('fim_rate', 0) * 100:.0f}% became FIM "
           f"examples ({meta.get('spm_rate', 0) * 100:.0f}% of those suffix-prefix-middle, the rest "
           f"prefix-suffix-middle; documents cut at line ends into pieces of at most "
-          f"{meta.get('fim_max_chars')} characters; split points uniform over the characters), "
+          f"{meta.get('fim_max_chars')} characters; "
+          + (f"{meta['fim_line_rate'] * 100:.0f}% of them with a middle of whole lines, from a "
+             "non-blank line's start to the end of that line or of one of the next seven, the "
+             "rest with " if meta.get("fim_line_rate") else "")
+          + "split points uniform over the characters), "
           "the rest plain; examples packed into sequences of "
           f"{meta.get('ctx')} tokens.", "",
           "## Training", "",

@@ -226,15 +226,24 @@ def line_span(piece, rng):
     from the start of a random line to the end of that line or of one of the next few (the
     newline after it stays in the suffix). 1 line in 2, 2 in 4, ..., at most 8."""
     starts = [0] + [i + 1 for i, c in enumerate(piece) if c == "\n" and i + 1 < len(piece)]
+    # Only lines with something on them start a middle (an empty middle would teach the model to
+    # close at once); a piece of blank lines alone takes any.
+    def line_at(a):
+        nl = piece.find("\n", a)
+        return piece[a:nl if nl >= 0 else len(piece)]
+    filled = [a for a in starts if line_at(a).strip()]
+    starts = filled or starts
     a = starts[rng.randrange(len(starts))]
     k = 1
     while k < 8 and rng.random() < 0.5:
         k += 1
     b, pos = a, a
-    for _ in range(k):
+    for i in range(k):
         nl = piece.find("\n", pos)
         if nl < 0:
-            return a, len(piece)
+            # The last line has no newline: it is the middle when it is the first one; past it,
+            # the middle ends at the newline before (which stays in the suffix).
+            return a, (len(piece) if i == 0 else b)
         b, pos = nl, nl + 1
     return a, b
 
@@ -772,6 +781,11 @@ class Trainer:
                 raise SystemExit("--tokenizer differs from the checkpoint's tokenizer.model")
             if state["meta"]["ctx"] != a.ctx:
                 log(f"note: --ctx {a.ctx} differs from the checkpoint's {state['meta']['ctx']}")
+            # (runs from before --fim-line-rate existed drew no whole-line middles)
+            old_rate = state["meta"].get("fim_line_rate", 0.0)
+            if old_rate != a.fim_line_rate:
+                log(f"note: --fim-line-rate {a.fim_line_rate} differs from the checkpoint's "
+                    f"{old_rate}: the examples from here on are drawn differently")
         else:
             if not a.config:
                 raise SystemExit("--config is required without --resume")

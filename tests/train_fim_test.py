@@ -41,6 +41,22 @@ class LineSpan(unittest.TestCase):
     def test_a_text_without_newline_is_one_line(self):
         self.assertEqual(train.line_span("let x = 1;", random.Random(1)), (0, 10))
 
+    def test_middles_start_on_a_line_with_text(self):
+        rng = random.Random(7)
+        for _ in range(2000):
+            a, b = train.line_span(PIECE, rng)
+            self.assertTrue(PIECE[a:b].split("\n")[0].strip(), (a, b, PIECE[a:b]))
+
+    def test_past_the_last_line_the_middle_keeps_no_newline(self):
+        # The last line has no newline: a span that would run past it ends at the newline before.
+        text = "fn a() {}\nfn b() {}\nfn c() {}"
+        for seed in range(400):
+            a, b = train.line_span(text, random.Random(seed))
+            self.assertFalse(text[a:b].endswith("\n"), (a, b))
+            self.assertTrue(b == len(text) or text[b] == "\n", (a, b))
+            if b == len(text):  # only the last line alone runs to the end
+                self.assertEqual(a, text.rindex("\n") + 1)
+
 
 class FimExample(unittest.TestCase):
     @classmethod
