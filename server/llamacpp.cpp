@@ -144,14 +144,19 @@ PromptSpec completion_prompt(const json& b, const ServiceInfo& info) {
   }
   if (!p->is_array() || p->empty()) throw bad_request("prompt", "must be a non-empty string or a list of token ids and strings");
   ps.kind = PromptSpec::Kind::Tokens;
-  if (info.tok->bos_id() >= 0) ps.tokens.push_back(info.tok->bos_id());
+  // As llama.cpp's server does: a leading string is tokenized as a text prompt is (BOS and the
+  // model's leading space included); ids are taken as given, so a list that starts with an id
+  // gets no BOS (a client that sends [BOS, ...] gets exactly one).
+  bool first = true;
   for (const auto& e : *p) {
     if (e.is_string()) {
-      auto ids = info.tok->encode(e.get<std::string>());
+      auto ids = first ? build_plain_prompt(*info.tok, e.get<std::string>(), true) : info.tok->encode(e.get<std::string>());
+      first = false;
       ps.tokens.insert(ps.tokens.end(), ids.begin(), ids.end());
     } else if (e.is_number_integer()) {
       auto ids = jf::to_tokens(json::array({e}), "prompt", info.n_vocab);
       ps.tokens.push_back(ids[0]);
+      first = false;
     } else {
       throw bad_request("prompt", "must hold token ids and strings only");
     }

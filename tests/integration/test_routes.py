@@ -68,6 +68,23 @@ class OpenAiRoutes(h.ServerTest, Shapes):
         self.assertEqual(texts[2], texts[3])
         self.assertNotEqual(texts[0], texts[2])
 
+    def test_completion_prompt_of_ids_is_taken_as_given(self):
+        # llama.cpp's rule: ids go in as they are (a list that starts with BOS has one BOS, not
+        # two); a leading string is tokenized like a text prompt, BOS included.
+        text = PLAIN["prompt"]
+        ids = self.server.post_json("/tokenize", {"content": text, "add_special": True})["tokens"]
+        body = {"n_predict": 6, "temperature": 0, "cache_prompt": False}
+        as_text = self.server.post_json("/completion", dict(body, prompt=text))
+        as_ids = self.server.post_json("/completion", dict(body, prompt=ids))
+        head, tail = text.split(" ", 1)
+        tail_ids = self.server.post_json("/tokenize", {"content": " " + tail})["tokens"]
+        mixed = self.server.post_json("/completion", dict(body, prompt=[head] + tail_ids))
+        self.assertEqual(as_text["tokens_evaluated"], len(ids))
+        self.assertEqual(as_ids["tokens_evaluated"], len(ids))
+        self.assertEqual(as_ids["content"], as_text["content"])
+        head_ids = self.server.post_json("/tokenize", {"content": head, "add_special": True})["tokens"]
+        self.assertEqual(mixed["tokens_evaluated"], len(head_ids) + len(tail_ids))
+
     def test_completions_token_prompt_echo_logprobs(self):
         ids = self.server.post_json("/tokenize", {"content": PLAIN["prompt"], "add_special": True})["tokens"]
         r = self.server.post_json("/v1/completions", {
