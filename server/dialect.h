@@ -78,5 +78,7 @@ bool model_name_matches(const std::string& asked, const std::string& served);
 void check_known_model(const json& body, const ServiceInfo& info, bool required);
 std::string token_text(const Tokenizer& tok, int32_t id);
 int64_t unix_now();
+// The time now as Ollama writes it (RFC 3339, UTC, microseconds).
+std::string rfc3339_now();
 
 }  // namespace hyco

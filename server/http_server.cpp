@@ -9,7 +9,9 @@
 #include <strings.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
+#include <cctype>
 #include <cerrno>
 #include <cstring>
 #include <chrono>
@@ -99,7 +101,11 @@ class DeadlineStream final : public httplib::Stream {
     timed_out_ = false;
     read_left_ = max_bytes;
     too_large_ = false;
+    no_body_ = false;
   }
+  // A request with neither Content-Length nor Transfer-Encoding has no body (RFC 9112 6.3);
+  // httplib would read one to the end of the connection, holding a worker until the timeout.
+  void no_body() { no_body_ = true; }
   void end_request() {  // the handler runs: no read deadline, no size limit
     deadline_ = Clock::time_point::max();
     read_left_ = SIZE_MAX;
@@ -124,6 +130,7 @@ class DeadlineStream final : public httplib::Stream {
 
   // Buffered (httplib reads headers a byte at a time); pipelined bytes stay for the next request.
   ssize_t read(char* ptr, size_t size) override {
+    if (no_body_) return 0;  // the body's end (pipelined bytes stay for the next request)
     if (buf_pos_ == buf_len_) {
       bool by_deadline = false;
       const int budget = read_budget_ms(&by_deadline);
@@ -211,7 +218,7 @@ class DeadlineStream final : public httplib::Stream {
   socket_t sock_;
   int read_timeout_ms_, write_timeout_ms_;
   Clock::time_point deadline_ = Clock::time_point::max();
-  bool timed_out_ = false, close_ = false, too_large_ = false;
+  bool timed_out_ = false, close_ = false, too_large_ = false, no_body_ = false;
   size_t read_left_ = SIZE_MAX;  // bytes the current request may still take
   char buf_[4096];
   size_t buf_pos_ = 0, buf_len_ = 0;
@@ -344,7 +351,11 @@ struct HttpServer::Impl {
     flow->sse = pc.errors != ErrorStyle::Ollama;
     flow->fmt = std::move(pc.formatter);
     if (pc.choices.empty()) {  // Ollama: an empty prompt only loads the model
-      send_json(res, 200, {{"model", inf.model_name}, {"created_at", ""}, {"response", ""}, {"done", true}, {"done_reason", "load"}});
+      // As Ollama answers it: one NDJSON line when streaming (its default), else one object.
+      const json load = {{"model", inf.model_name}, {"created_at", rfc3339_now()}, {"response", ""}, {"done", true},
+                         {"done_reason", "load"}};
+      res.status = 200;
+      res.set_content(load.dump() + "\n", pc.stream ? "application/x-ndjson" : "application/json");
       return;
     }
     std::vector<Prepared> preps;
@@ -640,6 +651,23 @@ struct HttpServer::Impl {
       // of the connection) is held to --max-body while it arrives.
       if (tl_stream && req.has_header("Content-Length") && !req.has_header("Transfer-Encoding"))
         tl_stream->body_has_length();
+      if (tl_stream && !req.has_header("Content-Length") && !req.has_header("Transfer-Encoding")) tl_stream->no_body();
+      // Every body here is JSON, whatever its Content-Type says. `curl -d` without -H (as in
+      // Ollama's own examples) labels it application/x-www-form-urlencoded, and for that type
+      // httplib (Debian's build, compiled with its 8 KiB form limit) answers 413 past 8 KiB and
+      // splits the body into form fields: relabelled before the body is read, --max-body alone
+      // applies. (The request is httplib's own object; this hook only sees it as const.)
+      if (req.get_header_value("Content-Type").rfind("application/x-www-form-urlencoded", 0) == 0) {
+        auto& headers = const_cast<httplib::Request&>(req).headers;
+        headers.erase("Content-Type");
+        headers.emplace("Content-Type", "application/json");
+      }
+      if (std::string why = refused_by_browser_rules(req); !why.empty()) {
+        if (tl_stream) tl_stream->close_after_response();  // the body stays unread
+        res.set_header("Connection", "close");
+        send_error(res, style_for(req.path), ApiError(403, why, "", "forbidden"));
+        return httplib::Server::HandlerResponse::Handled;
+      }
       cors(req, res);
       if (req.method == "OPTIONS" || opts.api_key.empty() || req.path == "/health")
         return httplib::Server::HandlerResponse::Unhandled;
@@ -693,6 +721,49 @@ struct HttpServer::Impl {
       metrics.count_request(route_label(req.path), res.status);
       if (res.status >= 400) spdlog::info("{} {} -> {}", req.method, route_label(req.path), res.status);
     });
+  }
+
+  // A web page can make the user's browser send a "simple" POST (text/plain or a form) to this
+  // server without asking first, and a page whose name was re-pointed at 127.0.0.1 (DNS
+  // rebinding) can even read the answers. So a request that a browser marks as coming from a
+  // page (Origin) is refused unless that page is on this machine (http(s) on localhost,
+  // 127.x.x.x or [::1]), an editor's webview (vscode-webview:, vscode-file:), or named by
+  // --cors-origins; and while the server listens on loopback only, the Host it was asked for
+  // must be a loopback name. Editors' extension hosts, curl and scripts send no Origin. Returns
+  // why a request is refused, or "".
+  std::string refused_by_browser_rules(const httplib::Request& req) const {
+    const auto host_is_loopback = [](std::string h) {
+      if (!h.empty() && h.front() == '[') {  // [v6]:port
+        const size_t close = h.find(']');
+        h = close == std::string::npos ? h : h.substr(1, close - 1);
+        return h == "::1";
+      }
+      if (const size_t colon = h.rfind(':'); colon != std::string::npos) h = h.substr(0, colon);
+      for (char& c : h) c = char(std::tolower(static_cast<unsigned char>(c)));
+      if (!h.empty() && h.back() == '.') h.pop_back();
+      in_addr v4{};
+      return h == "localhost" || (h.size() > 10 && h.compare(h.size() - 10, 10, ".localhost") == 0) ||
+             (::inet_pton(AF_INET, h.c_str(), &v4) == 1 && (ntohl(v4.s_addr) >> 24) == 127);
+    };
+    if (req.has_header("Origin")) {
+      const std::string origin = req.get_header_value("Origin");
+      const auto& allowed = opts.cors_origins;
+      const bool listed = std::find(allowed.begin(), allowed.end(), origin) != allowed.end() ||
+                          std::find(allowed.begin(), allowed.end(), "*") != allowed.end();
+      const size_t sep = origin.find("://");
+      const std::string scheme = sep == std::string::npos ? "" : origin.substr(0, sep);
+      const bool local = (scheme == "http" || scheme == "https") && host_is_loopback(origin.substr(sep + 3));
+      const bool editor = scheme == "vscode-webview" || scheme == "vscode-file";
+      if (!listed && !local && !editor)
+        return "requests from the web page " + origin +
+               " are refused (a page on another site must not drive a local server); allow it with --cors-origins";
+    }
+    const std::string& bound = opts.host;
+    const bool loopback_only = bound == "::1" || host_is_loopback(bound);
+    if (loopback_only && req.has_header("Host") && !host_is_loopback(req.get_header_value("Host")))
+      return "Host '" + req.get_header_value("Host") +
+             "' is not this machine's loopback name: the server listens on " + bound + " only";
+    return "";
   }
 
   void cors(const httplib::Request& req, httplib::Response& res) const {

@@ -9,8 +9,6 @@ namespace hyco {
 
 namespace jf = json_fields;
 
-namespace {
-
 std::string rfc3339_now() {
   auto now = std::chrono::system_clock::now();
   std::time_t t = std::chrono::system_clock::to_time_t(now);
@@ -22,6 +20,8 @@ std::string rfc3339_now() {
                 tm.tm_hour, tm.tm_min, tm.tm_sec, (long long)us);
   return buf;
 }
+
+namespace {
 
 class OllamaFormatter : public CompletionFormatter {
  public:

@@ -225,7 +225,7 @@ class Disconnects(h.ServerTest):
         before = self.server.metrics()
         body = json.dumps(self.long_body(stream=False)).encode()
         sock = socket.create_connection(("127.0.0.1", self.server.port))
-        sock.sendall(b"POST /completion HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        sock.sendall(b"POST /completion HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
                      + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
         self.server.wait_for(self.busy, 5, "the request to start")
         sock.close()
@@ -334,7 +334,7 @@ class ChoicesOfOneRequest(h.ServerTest):
             for s in socks:
                 s.setblocking(True)
                 s.settimeout(10)
-                s.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                s.sendall(b"GET /health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
             for s in socks:
                 self.assertTrue(s.recv(100).startswith(b"HTTP/1.1 200"))
         finally:

@@ -322,9 +322,19 @@ class OllamaRoutes(h.ServerTest, Shapes):
         self.assertEqual(r["done_reason"], "stop")
 
     def test_generate_empty_prompt_loads_the_model(self):
-        r = self.server.post_json("/api/generate", {"model": h.MODEL_NAME, "prompt": ""})
+        # Ollama's clients send this to load a model and parse created_at as a time; streaming
+        # (Ollama's default) it is one NDJSON line.
+        raw = self.server.post("/api/generate", {"model": h.MODEL_NAME, "prompt": ""})
+        self.assertEqual(raw.status, 200)
+        self.assertTrue(raw.body.endswith(b"\n"), raw.body)
+        self.assertIn("application/x-ndjson", raw.headers.get("content-type", ""))
+        r = raw.json()
         self.assertIs(r["done"], True)
         self.assertEqual(r["response"], "")
+        self.assertEqual(r["done_reason"], "load")
+        self.assertRegex(r["created_at"], r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z$")
+        whole = self.server.post_json("/api/generate", {"model": h.MODEL_NAME, "prompt": "", "stream": False})
+        self.assertEqual(whole["done_reason"], "load")
 
     def test_tags(self):
         j = self.server.get("/api/tags").json()
