@@ -39,6 +39,8 @@ GenerateResult generate(Model& model, KvCache& kv, SeqId seq, std::span<const in
                                           : size_t(model.config().n_vocab);
   for (int32_t i = 0; i < opts.max_tokens; ++i) {
     std::fill(logits.begin() + std::ptrdiff_t(n_real), logits.end(), -INFINITY);
+    for (const int32_t id : opts.banned_ids)
+      if (id >= 0 && size_t(id) < n_real) logits[size_t(id)] = -INFINITY;
     int32_t tok = sampler.sample(logits, history);
     if (std::find(opts.stop_ids.begin(), opts.stop_ids.end(), tok) != opts.stop_ids.end()) {
       r.finish = "stop";

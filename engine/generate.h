@@ -18,6 +18,7 @@ struct GenerateOptions {
   SamplingParams sampling;
   int32_t max_tokens = 64;
   std::vector<int32_t> stop_ids;  // end the generation (not included in the output)
+  std::vector<int32_t> banned_ids;  // never generated (BOS, FIM markers)
   int32_t chunk = 512;            // prefill tokens per forward
   int32_t n_tokens = 0;           // ids from here on are never sampled (a vocabulary padded past
                                   // the tokenizer's, as Qwen2.5's); 0: the model's vocabulary

@@ -33,6 +33,8 @@ struct CompletionRequest {
   std::vector<int32_t> prompt;    // token ids, not empty
   SamplingParams sampling;
   StopConditions stop;
+  std::vector<int32_t> banned_ids;  // never generated (BOS, FIM markers): their logits are -inf
+                                    // before sampling and before log-probabilities are taken
   bool cache_prompt = true;       // reuse a cached prefix and keep this sequence's KV afterwards
   bool logprobs = false;          // report each token's log-probability (also when n_probs is 0)
   bool prompt_logprobs = false;   // also score the prompt: log-probability of each prompt token

@@ -416,6 +416,8 @@ void Scheduler::sample_and_emit(Active& a, std::span<float> row) {
   // `row` is this step's scratch. A model's vocabulary may be padded past its tokenizer's
   // (Qwen2.5): never pick those ids.
   if (tok_ && tok_->n_vocab() < int32_t(row.size())) std::fill(row.begin() + tok_->n_vocab(), row.end(), -INFINITY);
+  for (const int32_t id : a.req.banned_ids)
+    if (id >= 0 && size_t(id) < row.size()) row[size_t(id)] = -INFINITY;
   TokenOut out;
   const bool want_logprob = a.req.logprobs || a.req.sampling.n_probs > 0;
   if (a.req.sampling.n_probs > 0) out.top = Sampler::top_logprobs(row, a.req.sampling.n_probs);

@@ -380,6 +380,33 @@ TEST_CASE("generation ends at max tokens, at a stop id, and max_tokens 0 only fi
   CHECK(drain(*h).finish->n_cached == 20);
 }
 
+TEST_CASE("banned ids are never generated nor listed among the likeliest", "[scheduler]") {
+  SchedulerConfig sc;
+  Rig r(sc);
+  const int32_t V = r.cfg.n_vocab;
+  CompletionRequest req;
+  req.prompt = seq_tokens(10, 3);  // ..12: the fake puts logit 10 on 13, then on 14, ...
+  req.stop.max_tokens = 3;
+  req.banned_ids = {13, 1};
+  req.logprobs = true;
+  req.sampling.n_probs = 3;
+  auto h = r.sched->submit(req);
+  while (r.sched->step()) {
+  }
+  std::vector<TokenOut> toks;
+  while (auto e = h->next(std::chrono::milliseconds(0)))
+    if (auto* c = std::get_if<Chunk>(&*e)) toks.insert(toks.end(), c->tokens.begin(), c->tokens.end());
+  REQUIRE(toks.size() == 3);
+  // 13 is banned: greedy takes the first of the zeros, 0; after 0 the fake favours 1 (banned too),
+  // so 0 again; then 0 again.
+  CHECK(toks[0].id == 0);
+  CHECK(toks[1].id == 0);
+  // The distribution is the model's over the ids it may produce: V - 2 equal logits.
+  CHECK(std::fabs(toks[0].logprob - float(-std::log(double(V - 2)))) < 1e-4f);
+  for (const TokenOut& t : toks)
+    for (const TokenLogprob& alt : t.top) CHECK((alt.id != 13 && alt.id != 1));
+}
+
 TEST_CASE("penalties steer the choice; log-probabilities stay the model's", "[scheduler]") {
   SchedulerConfig sc;
   Rig r(sc);

@@ -69,6 +69,12 @@ std::vector<int32_t> build_fim_prompt(const Tokenizer& tok, const FimTemplate& t
 // own FIM markers (a model that emits another marker has left the middle).
 std::vector<int32_t> stop_ids(const FimTemplate& tmpl, const Tokenizer& tok);
 
+// Ids a completion never generates: BOS (unless it is also the EOS), and in a left-to-right
+// completion the template's FIM markers, which only a FIM prompt gives meaning (a model trained
+// on FIM examples may well rank <fim-suffix> first after plain code; in a FIM completion they end
+// it instead, see stop_ids).
+std::vector<int32_t> banned_ids(const FimTemplate& tmpl, const Tokenizer& tok, bool fim_prompt);
+
 // Left-to-right prompt: [BOS] E(prompt). For models trained with sentencepiece's dummy prefix
 // (model_adds_dummy_prefix()) a non-empty prompt gets its leading space back, as in training.
 std::vector<int32_t> build_plain_prompt(const Tokenizer& tok, std::string_view prompt,
