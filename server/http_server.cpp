@@ -51,6 +51,17 @@ const std::set<std::string> kRoutes = {
     "/health", "/v1/models", "/metrics", "/tokenize", "/detokenize", "/v1/completions", "/v1/fim/completions",
     "/completion", "/completions", "/infill", "/props", "/slots", "/api/generate", "/api/tags", "/api/version", "/api/show"};
 
+// Ollama's way of writing a model's size in its details: "30.4M", "6.7B".
+std::string parameter_size(const ModelConfig& c) {
+  const double n = double(c.n_params());
+  char buf[32];
+  if (n >= 1e9)
+    std::snprintf(buf, sizeof buf, "%.1fB", n / 1e9);
+  else
+    std::snprintf(buf, sizeof buf, "%.1fM", n / 1e6);
+  return buf;
+}
+
 std::string route_label(const std::string& path) { return kRoutes.count(path) ? path : "other"; }
 
 ErrorStyle style_for(const std::string& path) {
@@ -588,8 +599,7 @@ struct HttpServer::Impl {
               json models = json::array();
               if (svc.ready()) {
                 const ModelConfig& c = svc.config();
-                char size[32];
-                std::snprintf(size, sizeof size, "%.1fM", double(c.n_params()) / 1e6);
+                const std::string size = parameter_size(c);
                 models.push_back({{"name", svc.model_name() + ":latest"},
                                   {"model", svc.model_name() + ":latest"},
                                   {"modified_at", "1970-01-01T00:00:00Z"},
@@ -632,7 +642,7 @@ struct HttpServer::Impl {
                           {"template", tmpl},
                           {"details",
                            {{"format", "safetensors"}, {"family", c.family}, {"families", json::array({c.family})},
-                            {"parameter_size", std::to_string(c.n_params())}, {"quantization_level", std::string(dtype_name(c.dtype))}}},
+                            {"parameter_size", parameter_size(c)}, {"quantization_level", std::string(dtype_name(c.dtype))}}},
                           {"model_info",
                            {{"general.architecture", c.family},
                             {"general.parameter_count", c.n_params()},

@@ -336,6 +336,17 @@ class OllamaRoutes(h.ServerTest, Shapes):
         whole = self.server.post_json("/api/generate", {"model": h.MODEL_NAME, "prompt": "", "stream": False})
         self.assertEqual(whole["done_reason"], "load")
 
+    def test_show(self):
+        # Continue's Ollama provider reads the template: ".Suffix" in it means FIM through suffix.
+        for key in ("model", "name"):
+            j = self.server.post_json("/api/show", {key: h.MODEL_NAME})
+            self.assertIn(".Suffix", j["template"])
+            self.assertIn("insert", j["capabilities"])
+            tags = self.server.get("/api/tags").json()["models"][0]
+            self.assertEqual(j["details"]["parameter_size"], tags["details"]["parameter_size"])
+        r = self.server.post("/api/show", {"model": "no-such-model"})
+        self.assertEqual(r.status, 404, r)
+
     def test_tags(self):
         j = self.server.get("/api/tags").json()
         self.assertEqual(len(j["models"]), 1)
