@@ -2,6 +2,7 @@
 #include "server/json_fields.h"
 
 #include <cmath>
+#include <cstdint>
 
 namespace hyco::json_fields {
 
@@ -116,9 +117,11 @@ std::vector<int32_t> to_tokens(const json& v, const std::string& param, int32_t 
   out.reserve(v.size());
   for (const auto& e : v) {
     if (!e.is_number_integer()) throw bad_request(param, "must hold integer token ids, found " + type_name(e));
-    int64_t t = e.get<int64_t>();
+    // (An id past INT64_MAX parses as an unsigned number: quote it as sent, not wrapped.)
+    const bool huge = e.is_number_unsigned() && e.get<uint64_t>() > uint64_t(INT64_MAX);
+    int64_t t = huge ? INT64_MAX : e.get<int64_t>();
     if (t < 0 || t >= n_vocab)
-      throw bad_request(param, "token id " + std::to_string(t) + " is outside the vocabulary [0, " + std::to_string(n_vocab) + ")");
+      throw bad_request(param, "token id " + e.dump() + " is outside the vocabulary [0, " + std::to_string(n_vocab) + ")");
     out.push_back(int32_t(t));
   }
   return out;

@@ -292,6 +292,14 @@ class BadRequests(h.ServerTest):
         self.assertIs(r["done"], True)
         self.assertStillServing("overlong prompts")
 
+    def test_token_ids_out_of_range_are_quoted_as_sent(self):
+        for tok in ("9223372036854775808", "18446744073709551615", "-1", "100000000"):
+            with self.subTest(tok=tok):
+                r = self.server.request("POST", "/detokenize", '{"tokens": [%s]}' % tok)
+                self.assertEqual(r.status, 400, r)
+                self.assertIn("token id %s is outside" % tok, self.assertErrorShape("/detokenize", r, "tokens"))
+        self.assertStillServing("out-of-range token ids")
+
     def test_deep_nesting(self):
         for route, body in DEEP_CASES:
             with self.subTest(route=route, size=len(body)):
