@@ -55,10 +55,10 @@ int main(int argc, char** argv) {
   comp_cmd->add_option("-p,--prompt", comp.prompt, "Text before the cursor")->required();
   auto* suf = comp_cmd->add_option("-s,--suffix", comp.suffix, "Text after the cursor (fill-in-the-middle)");
   comp_cmd->add_option("-n,--max-tokens", comp.max_tokens, "Tokens to generate")->check(CLI::Range(1, 1 << 20))->capture_default_str();
-  comp_cmd->add_option("--temperature", comp.temperature, "0: greedy")->check(CLI::Range(0.0f, 100.0f))->capture_default_str();
+  comp_cmd->add_option("--temperature", comp.temperature, "0: greedy")->check(finite_range(0.0, 100.0))->capture_default_str();
   comp_cmd->add_option("--top-k", comp.top_k, "0: off")->check(CLI::Range(0, 1 << 24))->capture_default_str();
-  comp_cmd->add_option("--top-p", comp.top_p, "1: off")->check(CLI::Range(0.0f, 1.0f))->capture_default_str();
-  comp_cmd->add_option("--min-p", comp.min_p, "0: off")->check(CLI::Range(0.0f, 1.0f))->capture_default_str();
+  comp_cmd->add_option("--top-p", comp.top_p, "1: off")->check(finite_range_open_low(0.0, 1.0))->capture_default_str();
+  comp_cmd->add_option("--min-p", comp.min_p, "0: off")->check(finite_range(0.0, 1.0))->capture_default_str();
   comp_cmd->add_option("--seed", comp.seed, "Sampling seed")->capture_default_str();
   comp_cmd->add_flag("--stats", comp.stats, "Print timings to stderr");
 
@@ -70,7 +70,7 @@ int main(int argc, char** argv) {
       ->delimiter(';')
       ->capture_default_str();
   bench_cmd->add_option("--contexts", bench.contexts, "Context lengths")->delimiter(',')->capture_default_str();
-  bench_cmd->add_option("--window", bench.window, "Window of the local/hybrid configurations (0: the model's, else 1024)")->capture_default_str();
+  bench_cmd->add_option("--window", bench.window, "Window of the local/hybrid configurations (0: the model's, else 1024)")->check(CLI::Range(0, 1 << 24))->capture_default_str();
   bench_cmd->add_option("--decode-tokens", bench.decode_tokens, "Decode steps timed per context")->check(CLI::Range(1, 100000))->capture_default_str();
   bench_cmd->add_option("--batch", bench.batch, "Sequences decoded together (aggregate tokens/s)")->check(CLI::Range(1, 4096))->capture_default_str();
   bench_cmd->add_option("--chunk", bench.chunk, "Prefill tokens per forward")->check(CLI::Range(1, 1 << 20))->capture_default_str();

@@ -1,8 +1,10 @@
 // Engine option flags and their translation to engine structs. See engine_options.h.
 #include "config/engine_options.h"
 
+#include <cmath>
 #include <cstdlib>
 #include <filesystem>
+#include <sstream>
 
 #include "engine/errors.h"
 
@@ -14,6 +16,26 @@
 #endif
 
 namespace hyco {
+
+namespace {
+CLI::Validator number_in(double lo, double hi, bool open_low) {
+  std::ostringstream desc;
+  desc << "FLOAT in " << (open_low ? "(" : "[") << lo << ", " << hi << "]";
+  return CLI::Validator(
+      [lo, hi, open_low, d = desc.str()](std::string& s) -> std::string {
+        double v = 0;
+        if (!CLI::detail::lexical_cast(s, v) || !std::isfinite(v) || v > hi || (open_low ? v <= lo : v < lo))
+          return "Value " + s + " is not a " + d;
+        return {};
+      },
+      desc.str());
+}
+}  // namespace
+
+CLI::Validator finite_range(double lo, double hi) { return number_in(lo, hi, false); }
+CLI::Validator finite_range_open_low(double lo, double hi) { return number_in(lo, hi, true); }
+const CLI::Validator kNotEmpty(
+    [](std::string& s) -> std::string { return s.empty() ? std::string("must not be empty") : std::string(); }, "TEXT");
 
 void add_engine_options(CLI::App& app, EngineOptions& o) {
   app.add_option("-m,--model", o.model, "Model directory (HF layout); default: the shipped model")
@@ -52,7 +74,7 @@ void add_engine_options(CLI::App& app, EngineOptions& o) {
       ->capture_default_str();
   app.add_option("--kv-memory", o.kv_memory_mib, "KV cache budget in MiB (0: running sequences at full context, cached ones up to 4096 tokens)")
       ->envname("HYCO_KV_MEMORY")
-      ->check(CLI::Range(0.0, 1e9))
+      ->check(finite_range(0.0, 1e9))
       ->capture_default_str();
 }
 

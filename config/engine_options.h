@@ -28,6 +28,14 @@ struct EngineOptions {
   double kv_memory_mib = 0;     // KV budget; 0 = enough for every sequence at full context
 };
 
+// A number in [lo, hi] that is finite: CLI::Range alone lets NaN through (every comparison
+// with it is false), and "--timeout nan" cancelled every completion at once.
+CLI::Validator finite_range(double lo, double hi);
+// The same with lo excluded: (lo, hi].
+CLI::Validator finite_range_open_low(double lo, double hi);
+// A string that is not empty.
+extern const CLI::Validator kNotEmpty;
+
 // Registers the flags on `app` (env vars HYCO_MODEL, HYCO_DEVICE, HYCO_THREADS, ...).
 void add_engine_options(CLI::App& app, EngineOptions& o);
 

@@ -1,6 +1,7 @@
 // `hyco serve` options and the JSON config file. See server_options.h.
 #include "config/server_options.h"
 
+#include <filesystem>
 #include <fstream>
 #include <sstream>
 
@@ -14,6 +15,7 @@ void add_serve_options(CLI::App& app, ServeOptions& o) {
   add_engine_options(app, o.engine);
   app.add_option("--host", o.http.host, "Address to listen on (0.0.0.0: every interface; set --api-key then)")
       ->envname("HYCO_HOST")
+      ->check(kNotEmpty)
       ->capture_default_str();
   app.add_option("--port", o.http.port, "Port to listen on (0: any free port)")
       ->envname("HYCO_PORT")
@@ -34,7 +36,7 @@ void add_serve_options(CLI::App& app, ServeOptions& o) {
       ->capture_default_str();
   app.add_option("--timeout", o.http.request_timeout_s, "Seconds after which a completion is cancelled")
       ->envname("HYCO_TIMEOUT")
-      ->check(CLI::Range(0.001, 86400.0))
+      ->check(finite_range(0.001, 86400.0))
       ->capture_default_str();
   app.add_option("--read-timeout", o.http.read_timeout_s, "Seconds a client has to send a whole request (headers and body); also the limit on each read and write")
       ->envname("HYCO_READ_TIMEOUT")
@@ -60,7 +62,7 @@ void add_serve_options(CLI::App& app, ServeOptions& o) {
       ->envname("HYCO_ALIAS");
   app.add_option("--shutdown-grace", o.shutdown_grace_s, "Seconds in-flight requests get to finish on SIGTERM")
       ->envname("HYCO_SHUTDOWN_GRACE")
-      ->check(CLI::Range(0.0, 3600.0))
+      ->check(finite_range(0.0, 3600.0))
       ->capture_default_str();
   app.add_option("--log-level", o.log_level, "trace, debug, info, warn, error, off")
       ->envname("HYCO_LOG_LEVEL")
@@ -71,6 +73,8 @@ void add_serve_options(CLI::App& app, ServeOptions& o) {
 }
 
 void apply_config_file(CLI::App& app, const std::string& path) {
+  std::error_code ec;
+  if (std::filesystem::is_directory(path, ec)) throw InvalidArgument("--config " + path + ": is a directory, not a JSON file");
   std::ifstream in(path);
   if (!in) throw InvalidArgument("--config " + path + ": cannot open the file");
   std::stringstream ss;

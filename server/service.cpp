@@ -1,6 +1,8 @@
 // The completion service: background model loading, prompt building and truncation, submission.
 #include "server/service.h"
 
+#include <unistd.h>
+
 #include <filesystem>
 #include <random>
 
@@ -66,6 +68,14 @@ void CompletionService::load() {
   KvCacheConfig kc = to_kv_config(opts_.engine, c, default_kv_dtype(*backend_, model_->matrix_dtype()), opts_.scheduler.parallel + opts_.cache_seqs);
   kc.n_seqs_full = opts_.scheduler.parallel;
   kv_ = std::make_unique<KvCache>(c, *backend_, kc);
+  // On the CPU the pool is reserved, not touched: a budget past this machine's memory starts
+  // fine and fails under load (the kernel's OOM killer), so say so now.
+  const long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGE_SIZE);
+  const double ram = pages > 0 && page > 0 ? double(pages) * double(page) : 0;
+  if (backend_->describe().rfind("cpu", 0) == 0 && ram > 0 && double(kv_->bytes_total()) + double(model_->weight_bytes()) > 0.9 * ram)
+    spdlog::warn("the KV cache ({:.0f} MiB) and the weights ({:.0f} MiB) are more than 90% of this machine's {:.0f} MiB of "
+                 "memory: under load the server may be killed for lack of memory (lower --kv-memory, --ctx or --parallel)",
+                 double(kv_->bytes_total()) / 1048576.0, double(model_->weight_bytes()) / 1048576.0, ram / 1048576.0);
   sched_ = std::make_unique<Scheduler>(*model_, *kv_, tok_.get(), opts_.scheduler);
   spdlog::info("model {} ready: {} ({:.1f} M parameters, pattern {}), {}, context {}, KV {:.1f} MiB for {} sequences, FIM {}",
                name_, c.architecture, double(c.n_params()) / 1e6, c.pattern_string(), backend_->describe(), kv_->n_ctx(),

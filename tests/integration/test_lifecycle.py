@@ -194,7 +194,8 @@ class Config(unittest.TestCase):
     def test_unknown_or_invalid_keys_stop_the_start(self):
         for obj, word in [({"paralel": 3}, "paralel"), ({"parallel": "many"}, "parallel"),
                           ({"parallel": 0}, "parallel"), ({"port": 70000}, "port"),
-                          ({"config": "other.json"}, "config"), ("{not json", "JSON"), ("[1]", "object")]:
+                          ({"config": "other.json"}, "config"), ("{not json", "JSON"), ("[1]", "object"),
+                          ({"timeout": "nan"}, "timeout"), ({"host": ""}, "host")]:
             with self.subTest(config=obj):
                 cfg = self.write_config(obj)
                 code, out = run_to_exit(["serve", "-m", h.MODEL, "--config", cfg], timeout=10)
@@ -204,10 +205,18 @@ class Config(unittest.TestCase):
         code, out = run_to_exit(["serve", "-m", h.MODEL, "--port", "0", "--config", "/nonexistent/hyco.json"])
         self.assertNotEqual(code, 0)
         self.assertIn("/nonexistent/hyco.json", out)
+        code, out = run_to_exit(["serve", "-m", h.MODEL, "--port", "0", "--config", os.path.dirname(cfg)])
+        self.assertNotEqual(code, 0)
+        self.assertIn("is a directory", out)
 
     def test_invalid_flags_stop_the_start(self):
+        # NaN passes a plain range check (every comparison with it is false): "--timeout nan"
+        # used to start a server that cancelled every completion at once.
         for args, word in [(["--parallel", "0"], "parallel"), (["--port", "-1"], "port"),
-                           (["--max-body", "10"], "max-body"), (["--no-such-flag"], "no-such-flag")]:
+                           (["--max-body", "10"], "max-body"), (["--no-such-flag"], "no-such-flag"),
+                           (["--timeout", "nan"], "timeout"), (["--timeout", "inf"], "timeout"),
+                           (["--shutdown-grace", "nan"], "shutdown-grace"), (["--kv-memory", "nan"], "kv-memory"),
+                           (["--kv-memory", "-1"], "kv-memory"), (["--host", ""], "host")]:
             with self.subTest(args=args):
                 code, out = run_to_exit(["serve", "-m", h.MODEL, *args], timeout=10)
                 self.assertNotEqual(code, 0)
