@@ -81,7 +81,14 @@ AttentionOverride config_override(const std::string& name, const ModelConfig& ba
     o.window = w;
     o.sinks = 0;
   } else {
-    o = parse_attention_override(name);
+    try {
+      o = parse_attention_override(name);
+    } catch (const InvalidArgument& e) {  // its message names --attention, the serve flag
+      std::string why = e.what();
+      const std::string flag = "--attention";
+      if (why.rfind(flag, 0) == 0) why.replace(0, flag.size(), "--configs");
+      throw InvalidArgument(why);
+    }
   }
   return o;
 }
@@ -89,6 +96,11 @@ AttentionOverride config_override(const std::string& name, const ModelConfig& ba
 }  // namespace
 
 int run_bench(const BenchArgs& a) {
+  // Checked before the model is built. (Past 4M positions the KV cache of a model of any size is
+  // tens of GB: a typo, not a test.)
+  if (a.contexts.empty()) throw InvalidArgument("--contexts: none given");
+  for (int ctx : a.contexts)
+    if (ctx < 1 || ctx > (1 << 22)) throw InvalidArgument("--contexts: " + std::to_string(ctx) + " is not in [1, 4194304]");
   auto backend = make_backend(a.engine.device, a.engine.threads);
   std::unique_ptr<Model> model;
   std::string source;
@@ -142,7 +154,6 @@ int run_bench(const BenchArgs& a) {
     model->set_attention(config_override(name, base, a.window));
     const ModelConfig& c = model->config();
     for (int ctx : a.contexts) {
-      if (ctx < 1) throw InvalidArgument("--contexts must be positive");
       const int B = a.batch;
       KvCacheConfig kc = to_kv_config(a.engine, c, default_kv_dtype(*backend, model->matrix_dtype()), B);
       kc.n_ctx = ctx + a.decode_tokens + 1;
