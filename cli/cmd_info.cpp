@@ -1,11 +1,15 @@
 // `hyco info`: a model's shape, parameter count, attention pattern and KV bytes per token.
 #include <cstdio>
+#include <filesystem>
 #include <string>
 
 #include "cli/commands.h"
 #include "engine/errors.h"
 #include "engine/model_config.h"
+#include "engine/model.h"
 #include "engine/safetensors.h"
+#include "tokenizer/fim.h"
+#include "tokenizer/tokenizer.h"
 
 namespace hyco {
 
@@ -53,9 +57,19 @@ int run_info(const InfoArgs& a) {
                 human_bytes(double(b) / double(n)).c_str());
   }
   if (a.preset.empty()) {
+    // What `serve` and `complete` would refuse, refused here too: tensors that do not match the
+    // config, a tokenizer that does not load or does not fit the vocabulary.
     TensorStore s = TensorStore::open_dir(dir);
-    std::printf("weights       %s in %zu tensors (%s)\n", human_bytes(double(s.total_bytes())).c_str(),
-                s.tensors().size(), s.describe().c_str());
+    Model::check_tensors(c, s, dir);
+    std::printf("weights       %s in %zu tensors (%s), shapes match config.json\n",
+                human_bytes(double(s.total_bytes())).c_str(), s.tensors().size(), s.describe().c_str());
+    const std::string tok_path = (std::filesystem::path(dir) / "tokenizer.model").string();
+    auto tok = Tokenizer::load(tok_path);
+    if (tok->n_vocab() > c.n_vocab)
+      throw ModelError(dir + ": tokenizer has " + std::to_string(tok->n_vocab()) + " pieces but the model " +
+                       std::to_string(c.n_vocab));
+    const FimTemplate fim = detect_fim(*tok);
+    std::printf("tokenizer     %d pieces, FIM %s\n", tok->n_vocab(), fim_family_name(fim.family));
   }
   return 0;
 }

@@ -59,10 +59,16 @@ class StepExecutor {
   virtual void forward(const Batch& batch, KvCache& kv, std::vector<float>& logits) = 0;
 };
 
+class TensorStore;
+
 class Model final : public StepExecutor {
  public:
   // Throws ModelError (bad files) naming the file and tensor.
   static std::unique_ptr<Model> load(const std::string& dir, Backend& backend, const LoadOptions& opts = {});
+  // The checks load() makes of a directory's tensors against its config (every tensor present
+  // with its shape and a float dtype, nothing unexpected), without reading their data; throws
+  // ModelError naming the file and the tensor.
+  static void check_tensors(const ModelConfig& cfg, const TensorStore& store, const std::string& dir);
   // Random weights of the given shape (benchmarks: speed does not depend on the values).
   static std::unique_ptr<Model> random(const ModelConfig& cfg, Backend& backend, uint64_t seed,
                                        std::optional<DType> matrix_dtype = std::nullopt);

@@ -25,20 +25,9 @@ class ModelLoader {
 
   void from_store(const TensorStore& store, const std::string& dir) {
     const ModelConfig& c = m_.cfg_;
-    std::set<std::string> used;
-    auto get = [&](const std::string& name, std::vector<int64_t> shape) -> const TensorInfo& {
-      const TensorInfo* t = store.find(name);
-      if (!t) throw ModelError(dir + " (" + store.describe() + "): missing tensor '" + name + "'");
-      if (t->shape != shape) {
-        TensorInfo want;
-        want.shape = shape;
-        throw ModelError(t->file + ": tensor '" + name + "' has shape " + t->shape_string() + ", expected " +
-                         want.shape_string());
-      }
-      if (t->dtype == DType::I32) throw ModelError(t->file + ": tensor '" + name + "' has integer dtype I32");
-      used.insert(name);
-      return *t;
-    };
+    Model::check_tensors(c, store, dir);
+    // Every tensor asked for below was checked above.
+    auto get = [&](const std::string& name, const std::vector<int64_t>&) -> const TensorInfo& { return *store.find(name); };
     total_bytes_ = int64_t(store.total_bytes());
     total_tensors_ = int(store.tensors().size());
     start_ = std::chrono::steady_clock::now();
@@ -49,7 +38,6 @@ class ModelLoader {
     m_.embed_ = matrix({&emb});
     if (c.tie_embeddings) {
       m_.lm_head_ = m_.embed_;
-      if (store.find("lm_head.weight")) used.insert("lm_head.weight");  // some exports keep the tied copy
     } else {
       m_.lm_head_ = matrix({&get("lm_head.weight", {V, D})});
     }
@@ -69,13 +57,6 @@ class ModelLoader {
       L.mlp_norm = vector({&get(p + "post_attention_layernorm.weight", {D})});
       L.w_gate_up = matrix({&get(p + "mlp.gate_proj.weight", {F, D}), &get(p + "mlp.up_proj.weight", {F, D})});
       L.w_down = matrix({&get(p + "mlp.down_proj.weight", {D, F})});
-    }
-    for (const auto& [name, t] : store.tensors()) {
-      if (used.count(name)) continue;
-      if (name.ends_with(".rotary_emb.inv_freq")) continue;
-      throw ModelError(t.file + ": unexpected tensor '" + name + "' (not part of a " + c.architecture + " with " +
-                       std::to_string(c.n_layers) + " layers" +
-                       (c.qkv_bias ? "" : " without q/k/v bias") + ")");
     }
   }
 
@@ -218,6 +199,52 @@ class ModelLoader {
   int total_tensors_ = 0, done_tensors_ = 0;
   std::chrono::steady_clock::time_point start_;
 };
+
+void Model::check_tensors(const ModelConfig& c, const TensorStore& store, const std::string& dir) {
+  std::set<std::string> used;
+  auto want = [&](const std::string& name, std::vector<int64_t> shape) {
+    const TensorInfo* t = store.find(name);
+    if (!t) throw ModelError(dir + " (" + store.describe() + "): missing tensor '" + name + "'");
+    if (t->shape != shape) {
+      TensorInfo w;
+      w.shape = shape;
+      throw ModelError(t->file + ": tensor '" + name + "' has shape " + t->shape_string() + ", expected " + w.shape_string());
+    }
+    if (t->dtype == DType::I32) throw ModelError(t->file + ": tensor '" + name + "' has integer dtype I32");
+    used.insert(name);
+  };
+  const int64_t D = c.d_model, F = c.d_ff, V = c.n_vocab, QW = c.q_width(), KW = c.kv_width();
+  want("model.embed_tokens.weight", {V, D});
+  if (!c.tie_embeddings)
+    want("lm_head.weight", {V, D});
+  else if (store.find("lm_head.weight"))
+    used.insert("lm_head.weight");  // some exports keep the tied copy
+  want("model.norm.weight", {D});
+  for (int l = 0; l < c.n_layers; ++l) {
+    const std::string p = "model.layers." + std::to_string(l) + ".";
+    want(p + "input_layernorm.weight", {D});
+    want(p + "self_attn.q_proj.weight", {QW, D});
+    want(p + "self_attn.k_proj.weight", {KW, D});
+    want(p + "self_attn.v_proj.weight", {KW, D});
+    if (c.qkv_bias) {
+      want(p + "self_attn.q_proj.bias", {QW});
+      want(p + "self_attn.k_proj.bias", {KW});
+      want(p + "self_attn.v_proj.bias", {KW});
+    }
+    want(p + "self_attn.o_proj.weight", {D, QW});
+    if (c.o_bias) want(p + "self_attn.o_proj.bias", {D});
+    want(p + "post_attention_layernorm.weight", {D});
+    want(p + "mlp.gate_proj.weight", {F, D});
+    want(p + "mlp.up_proj.weight", {F, D});
+    want(p + "mlp.down_proj.weight", {D, F});
+  }
+  for (const auto& [name, t] : store.tensors()) {
+    if (used.count(name)) continue;
+    if (name.ends_with(".rotary_emb.inv_freq")) continue;
+    throw ModelError(t.file + ": unexpected tensor '" + name + "' (not part of a " + c.architecture + " with " +
+                     std::to_string(c.n_layers) + " layers" + (c.qkv_bias ? "" : " without q/k/v bias") + ")");
+  }
+}
 
 std::unique_ptr<Model> Model::load(const std::string& dir, Backend& backend, const LoadOptions& opts) {
   ModelConfig cfg = load_model_config(dir);

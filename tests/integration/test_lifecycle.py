@@ -209,6 +209,32 @@ class Config(unittest.TestCase):
         self.assertNotEqual(code, 0)
         self.assertIn("is a directory", out)
 
+    def test_info_refuses_what_serve_refuses(self):
+        # `hyco info` used to print any config.json without looking at the weights or tokenizer.
+        import shutil
+        code, out = run_to_exit(["info", "-m", h.MODEL])
+        self.assertEqual(code, 0, out)
+        self.assertIn("shapes match config.json", out)
+        with tempfile.TemporaryDirectory() as d:
+            model = os.path.join(d, "m")
+            shutil.copytree(h.MODEL, model)
+            with open(os.path.join(model, "config.json"), encoding="utf-8") as f:
+                cfg = json.load(f)
+            for key, value, word in [("intermediate_size", cfg["intermediate_size"] * 2, "mlp.gate_proj.weight"),
+                                     ("vocab_size", cfg["vocab_size"] + 64, "embed_tokens")]:
+                with self.subTest(key=key):
+                    with open(os.path.join(model, "config.json"), "w", encoding="utf-8") as f:
+                        json.dump(dict(cfg, **{key: value}), f)
+                    code, out = run_to_exit(["info", "-m", model])
+                    self.assertNotEqual(code, 0, out)
+                    self.assertIn(word, out)
+            with open(os.path.join(model, "config.json"), "w", encoding="utf-8") as f:
+                json.dump(cfg, f)
+            os.unlink(os.path.join(model, "tokenizer.model"))
+            code, out = run_to_exit(["info", "-m", model])
+            self.assertNotEqual(code, 0, out)
+            self.assertIn("tokenizer.model", out)
+
     def test_invalid_flags_stop_the_start(self):
         # NaN passes a plain range check (every comparison with it is false): "--timeout nan"
         # used to start a server that cancelled every completion at once.
