@@ -3,6 +3,7 @@
 #include "server/http_server.h"
 
 #include <arpa/inet.h>
+#include <netdb.h>
 #include <netinet/in.h>
 #include <poll.h>
 #include <sys/socket.h>
@@ -820,9 +821,18 @@ void HttpServer::bind() {
   int port = impl_->opts.port;
   bool ok = port == 0 ? (port = impl_->svr.bind_to_any_port(impl_->opts.host)) > 0
                       : impl_->svr.bind_to_port(impl_->opts.host, port);
-  if (!ok)
-    throw std::runtime_error("cannot listen on " + impl_->opts.host + ":" + std::to_string(impl_->opts.port) +
-                             " (address in use, or not an address of this machine)");
+  if (!ok) {
+    const std::string where = impl_->opts.host + ":" + std::to_string(impl_->opts.port);
+    addrinfo hints{};
+    hints.ai_socktype = SOCK_STREAM;
+    addrinfo* res = nullptr;
+    const int gai = ::getaddrinfo(impl_->opts.host.c_str(), nullptr, &hints, &res);
+    if (res) ::freeaddrinfo(res);
+    if (gai != 0)
+      throw std::runtime_error("cannot listen on " + where + ": --host '" + impl_->opts.host +
+                               "' is not an address or a name this machine can resolve (" + ::gai_strerror(gai) + ")");
+    throw std::runtime_error("cannot listen on " + where + " (address in use, or not an address of this machine)");
+  }
   if (!impl_->svr.widen_backlog()) spdlog::warn("could not widen the listen backlog: {}", std::strerror(errno));
   impl_->bound_port = port;
 }
