@@ -45,7 +45,8 @@ class OllamaFormatter : public CompletionFormatter {
               {"done_reason", f.reason == FinishReason::Length || f.reason == FinishReason::Cancelled ? "length" : "stop"},
               {"total_duration", ns(f.queue_ms + f.prompt_ms + f.predict_ms)},
               {"load_duration", 0},
-              {"prompt_eval_count", f.n_prompt - f.n_cached},
+              // As Ollama counts it: the whole prompt, however much of it came from the cache.
+              {"prompt_eval_count", f.n_prompt},
               {"prompt_eval_duration", ns(f.prompt_ms)},
               {"eval_count", f.n_generated},
               {"eval_duration", ns(f.predict_ms)}};

@@ -313,6 +313,13 @@ class OllamaRoutes(h.ServerTest, Shapes):
         self.assertFields(r, self.FINAL)
         self.assertIs(r["done"], True)
         self.assertTrue(PLAIN["continuation"].startswith(r["response"]), r)
+        # prompt_eval_count is the whole prompt, as Ollama counts it, also when the cache held it.
+        n = len(self.server.post_json("/tokenize", {"content": PLAIN["prompt"], "add_special": True})["tokens"])
+        self.assertEqual(r["prompt_eval_count"], n)
+        again = self.server.post_json("/api/generate", {
+            "model": h.MODEL_NAME, "prompt": PLAIN["prompt"], "stream": False,
+            "options": {"temperature": 0, "num_predict": 6}})
+        self.assertEqual(again["prompt_eval_count"], n)
 
     def test_generate_fim_suffix(self):
         r = self.server.post_json("/api/generate", {
