@@ -26,6 +26,10 @@ void add_serve_options(CLI::App& app, ServeOptions& o) {
   app.add_option("--cors-origins", o.http.cors_origins, "Browser origins allowed by CORS, comma separated ('*': any); default: CORS off")
       ->envname("HYCO_CORS_ORIGINS")
       ->delimiter(',');
+  app.add_option("--allowed-hosts", o.http.allowed_hosts,
+                 "Host header names served besides localhost/127.x/[::1] while listening on loopback (a reverse proxy's public name), comma separated ('*': any)")
+      ->envname("HYCO_ALLOWED_HOSTS")
+      ->delimiter(',');
   app.add_option("--max-body", o.http.max_body_bytes, "Largest request body in bytes (larger: 413)")
       ->envname("HYCO_MAX_BODY")
       ->check(CLI::Range(size_t(1024), size_t(1) << 30))

@@ -17,6 +17,7 @@ struct HttpOptions {
   int port = 8012;
   std::string api_key;                    // required as "Authorization: Bearer <key>" except on /health
   std::vector<std::string> cors_origins;  // allowed browser origins ("*" for any); empty: CORS off
+  std::vector<std::string> allowed_hosts;  // Host names served besides loopback ones ("*": any)
   size_t max_body_bytes = 8u << 20;
   int threads = 64;                       // HTTP worker threads: open streams + idle keep-alive connections
   double request_timeout_s = 600;         // a completion still running after this is cancelled

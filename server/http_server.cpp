@@ -771,9 +771,18 @@ struct HttpServer::Impl {
     }
     const std::string& bound = opts.host;
     const bool loopback_only = bound == "::1" || host_is_loopback(bound);
-    if (loopback_only && req.has_header("Host") && !host_is_loopback(req.get_header_value("Host")))
-      return "Host '" + req.get_header_value("Host") +
-             "' is not this machine's loopback name: the server listens on " + bound + " only";
+    if (loopback_only && req.has_header("Host") && !host_is_loopback(req.get_header_value("Host"))) {
+      std::string name = req.get_header_value("Host");
+      if (!name.empty() && name.front() != '[')
+        if (const size_t colon = name.rfind(':'); colon != std::string::npos) name.resize(colon);
+      for (char& ch : name) ch = char(std::tolower(static_cast<unsigned char>(ch)));
+      const auto& hosts = opts.allowed_hosts;
+      const bool allowed = std::find(hosts.begin(), hosts.end(), "*") != hosts.end() ||
+                           std::find(hosts.begin(), hosts.end(), name) != hosts.end();
+      if (!allowed)
+        return "Host '" + req.get_header_value("Host") + "' is not this machine's loopback name: the server listens on " +
+               bound + " only (a reverse proxy's name can be allowed with --allowed-hosts)";
+    }
     return "";
   }
 

@@ -591,6 +591,18 @@ class BrowserRules(h.ServerTest):
                 self.assertEqual(self.post({"Host": host}).status, 200)
 
 
+class BrowserRulesWithAllowedHost(h.ServerTest):
+    SERVER_ARGS = ("--threads", "1", "--allowed-hosts", "code.example.com")
+
+    def test_a_listed_host_is_served(self):
+        port = self.server.port
+        for host, status in ((f"code.example.com:{port}", 200), ("CODE.example.com", 200),
+                             (f"other.example.com:{port}", 403), (f"localhost:{port}", 200)):
+            with self.subTest(host=host):
+                r = self.server.request("POST", "/completion", llama(), headers={"Host": host})
+                self.assertEqual(r.status, status, r)
+
+
 class BrowserRulesWithAllowedOrigin(h.ServerTest):
     SERVER_ARGS = ("--threads", "1", "--cors-origins", "https://ide.example.com")
 
