@@ -209,6 +209,13 @@ class Config(unittest.TestCase):
         self.assertNotEqual(code, 0)
         self.assertIn("is a directory", out)
 
+    def test_the_example_config_is_valid(self):
+        # config/hyco.example.json lists every option with its default: it must load as it is
+        # (the flags given here win over its host, port and threads).
+        example = os.path.join(h.SOURCE_DIR, "config", "hyco.example.json")
+        with h.Server("--config", example, "--threads", "1") as srv:
+            self.assertEqual(srv.get("/health").status, 200)
+
     def test_info_refuses_what_serve_refuses(self):
         # `hyco info` used to print any config.json without looking at the weights or tokenizer.
         import shutil
