@@ -370,6 +370,14 @@ struct HttpServer::Impl {
       res.set_content(load.dump() + "\n", pc.stream ? "application/x-ndjson" : "application/json");
       return;
     }
+    // More completions than can ever be running or queued at once would only ever get 503.
+    const SchedulerConfig& sc = svc.scheduler_config();
+    if (int64_t(pc.choices.size()) > int64_t(sc.parallel) + sc.max_queue)
+      throw ApiError(400,
+                     "this request asks for " + std::to_string(pc.choices.size()) +
+                         " completions (prompts x n), more than the server runs and queues at once (" +
+                         std::to_string(sc.parallel) + " slots + " + std::to_string(sc.max_queue) + " queued)",
+                     "n");
     std::vector<Prepared> preps;
     for (auto& g : pc.choices) {
       g.id = flow->id;

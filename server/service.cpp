@@ -123,9 +123,23 @@ std::vector<int32_t> CompletionService::build_prompt(const GenerationParams& p, 
       };
       std::vector<int32_t> ids = build(ps.text, ps.suffix, ps.extra);
       if (int32_t(ids.size()) <= budget || !cut) return ids;
-      // Too long: drop the extra files, then keep the prefix's end and the suffix's start, the
-      // suffix getting at most a quarter of what is left (the prefix matters most).
       *truncated = true;
+      // Too long: first the extra files go, the first ones first (editors send the most recent
+      // context last), as few as make the prompt fit: the fewest dropped is found by bisection.
+      const std::span<const ExtraChunk> extra(ps.extra);
+      if (!extra.empty() && int32_t(build(ps.text, ps.suffix, {}).size()) <= budget) {
+        size_t lo = 1, hi = extra.size();  // dropping hi fits; find the least that does
+        while (lo < hi) {
+          const size_t mid = lo + (hi - lo) / 2;
+          if (int32_t(build(ps.text, ps.suffix, extra.subspan(mid)).size()) <= budget)
+            hi = mid;
+          else
+            lo = mid + 1;
+        }
+        return build(ps.text, ps.suffix, extra.subspan(lo));
+      }
+      // Still too long without any: keep the prefix's end and the suffix's start, the suffix
+      // getting at most a quarter of what is left (the prefix matters most).
       const int32_t overhead = int32_t(build("", "", {}).size());
       const int32_t avail = budget - overhead;
       if (avail < 0) return ids;  // reported as too long by the caller
@@ -155,7 +169,9 @@ Prepared CompletionService::prepare(const GenerationParams& p) const {
     throw ApiError(400, "the number of tokens to generate (" + std::to_string(reserve) +
                             ", max_tokens / n_predict / num_predict) must be below the context of " +
                             std::to_string(n_ctx) + " tokens");
-  const int32_t budget = n_ctx - reserve - 1;
+  // Prompt + tokens to generate within the context (OpenAI's rule), and at least one position
+  // left after the prompt.
+  const int32_t budget = std::min(n_ctx - reserve, n_ctx - 1);
   std::vector<int32_t> ids = build_prompt(p, budget, &out.truncated);
   if (ids.empty()) throw ApiError(400, "the prompt is empty", "prompt");
   if (int32_t(ids.size()) > budget)

@@ -83,6 +83,7 @@ class CompletionService {
   const Tokenizer& tokenizer() const { return *tok_; }
   const FimTemplate& fim() const { return fim_; }
   int32_t n_ctx() const { return kv_->n_ctx(); }
+  const SchedulerConfig& scheduler_config() const { return opts_.scheduler; }
   Scheduler& scheduler() { return *sched_; }
   std::string backend_name() const;
   int64_t weight_bytes() const;

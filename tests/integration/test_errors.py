@@ -555,6 +555,42 @@ class Bodies(h.ServerTest):
                 self.assertEqual(r.status, 200, r)
 
 
+class Limits256(h.ServerTest):
+    """A 256-token context: where prompts are cut and what is refused."""
+    SERVER_ARGS = ("--threads", "1", "--ctx", "256", "--parallel", "2", "--max-queue", "2")
+
+    def test_prompt_plus_max_tokens_may_fill_the_context(self):
+        ids = self.server.post_json("/tokenize", {"content": "fn main() { let x = 1; }\n" * 40})["tokens"]
+        self.assertGreater(len(ids), 256)
+        ok = self.server.request("POST", "/v1/completions", {"prompt": ids[:252], "max_tokens": 4, "temperature": 0})
+        self.assertEqual(ok.status, 200, ok)
+        over = self.server.request("POST", "/v1/completions", {"prompt": ids[:253], "max_tokens": 4})
+        self.assertEqual(over.status, 400, over)
+        self.assertEqual(over.json()["error"]["code"], "context_length_exceeded")
+
+    def test_extra_files_that_do_not_all_fit_are_dropped_from_the_first(self):
+        prefix, suffix = "fn main() {\n    let y = ", ";\n}\n"
+        body = {"input_prefix": prefix, "input_suffix": suffix, "n_predict": 4, "temperature": 0}
+        alone = self.server.post_json("/infill", body)
+        chunk = "pub fn helper(x: u64) -> u64 {\n    x + 1\n}\n" * 2
+        one = self.server.post_json("/infill", dict(body, input_extra=[{"filename": "a.rs", "text": chunk}]))
+        per_chunk = one["tokens_evaluated"] - alone["tokens_evaluated"]
+        self.assertGreater(per_chunk, 0)
+        many = [{"filename": f"f{i}.rs", "text": chunk} for i in range(40)]
+        r = self.server.post_json("/infill", dict(body, input_extra=many))
+        self.assertIs(r["truncated"], True)
+        # As many whole files as fit in 256 - 4 (not none, as before), so within one file of it.
+        self.assertLessEqual(r["tokens_evaluated"], 252)
+        self.assertGreater(r["tokens_evaluated"], 252 - per_chunk - 2)
+
+    def test_more_completions_than_slots_and_queue_is_400(self):
+        r = self.server.request("POST", "/v1/completions", {"prompt": "fn", "max_tokens": 2, "n": 5})
+        self.assertEqual(r.status, 400, r)
+        self.assertEqual(r.json()["error"]["param"], "n")
+        self.assertEqual(self.server.request("POST", "/v1/completions",
+                                             {"prompt": "fn", "max_tokens": 2, "n": 4}).status, 200)
+
+
 class BrowserRules(h.ServerTest):
     """A web page must not drive the local server through the user's browser: requests that carry
     a foreign Origin, or (listening on loopback) a Host that is not a loopback name, get 403."""
