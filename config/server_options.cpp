@@ -3,6 +3,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <set>
 #include <sstream>
 
 #include <nlohmann/json.hpp>
@@ -84,11 +85,22 @@ void apply_config_file(CLI::App& app, const std::string& path) {
   std::stringstream ss;
   ss << in.rdbuf();
   nlohmann::json j;
+  // A key given twice would silently take its last value: refused, like any other mistake.
+  std::set<std::string> seen;
+  std::string twice;
+  const nlohmann::json::parser_callback_t no_repeats = [&](int depth, nlohmann::json::parse_event_t event,
+                                                           nlohmann::json& parsed) {
+    if (depth == 1 && event == nlohmann::json::parse_event_t::key && parsed.is_string() &&
+        !seen.insert(parsed.get<std::string>()).second && twice.empty())
+      twice = parsed.get<std::string>();
+    return true;
+  };
   try {
-    j = nlohmann::json::parse(ss.str(), nullptr, true, /*ignore_comments=*/true);
+    j = nlohmann::json::parse(ss.str(), no_repeats, true, /*ignore_comments=*/true);
   } catch (const nlohmann::json::exception& e) {
     throw InvalidArgument("--config " + path + ": not valid JSON: " + e.what());
   }
+  if (!twice.empty()) throw InvalidArgument("--config " + path + ": '" + twice + "' is given more than once");
   if (!j.is_object()) throw InvalidArgument("--config " + path + ": must hold a JSON object of option: value");
   for (auto& item : j.items()) {
     const std::string key = item.key();

@@ -195,7 +195,8 @@ class Config(unittest.TestCase):
         for obj, word in [({"paralel": 3}, "paralel"), ({"parallel": "many"}, "parallel"),
                           ({"parallel": 0}, "parallel"), ({"port": 70000}, "port"),
                           ({"config": "other.json"}, "config"), ("{not json", "JSON"), ("[1]", "object"),
-                          ({"timeout": "nan"}, "timeout"), ({"host": ""}, "host")]:
+                          ({"timeout": "nan"}, "timeout"), ({"host": ""}, "host"),
+                          ('{"port": 8100, "port": 8101}', "more than once")]:
             with self.subTest(config=obj):
                 cfg = self.write_config(obj)
                 code, out = run_to_exit(["serve", "-m", h.MODEL, "--config", cfg], timeout=10)
