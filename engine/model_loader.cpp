@@ -26,37 +26,36 @@ class ModelLoader {
   void from_store(const TensorStore& store, const std::string& dir) {
     const ModelConfig& c = m_.cfg_;
     Model::check_tensors(c, store, dir);
-    // Every tensor asked for below was checked above.
-    auto get = [&](const std::string& name, const std::vector<int64_t>&) -> const TensorInfo& { return *store.find(name); };
+    // Every tensor asked for below was checked above (presence, shape, dtype).
+    auto get = [&](const std::string& name) -> const TensorInfo& { return *store.find(name); };
     total_bytes_ = int64_t(store.total_bytes());
     total_tensors_ = int(store.tensors().size());
     start_ = std::chrono::steady_clock::now();
 
-    const int64_t D = c.d_model, F = c.d_ff, V = c.n_vocab, QW = c.q_width(), KW = c.kv_width();
-    const TensorInfo& emb = get("model.embed_tokens.weight", {V, D});
+    const TensorInfo& emb = get("model.embed_tokens.weight");
     m_.matrix_dtype_ = opts_.matrix_dtype.value_or(m_.backend_.default_matrix_dtype(emb.dtype));
     m_.embed_ = matrix({&emb});
     if (c.tie_embeddings) {
       m_.lm_head_ = m_.embed_;
     } else {
-      m_.lm_head_ = matrix({&get("lm_head.weight", {V, D})});
+      m_.lm_head_ = matrix({&get("lm_head.weight")});
     }
-    m_.final_norm_ = vector({&get("model.norm.weight", {D})});
+    m_.final_norm_ = vector({&get("model.norm.weight")});
     m_.layers_.resize(size_t(c.n_layers));
     for (int l = 0; l < c.n_layers; ++l) {
       const std::string p = "model.layers." + std::to_string(l) + ".";
       Model::Layer& L = m_.layers_[size_t(l)];
-      L.attn_norm = vector({&get(p + "input_layernorm.weight", {D})});
-      L.wqkv = matrix({&get(p + "self_attn.q_proj.weight", {QW, D}), &get(p + "self_attn.k_proj.weight", {KW, D}),
-                       &get(p + "self_attn.v_proj.weight", {KW, D})});
+      L.attn_norm = vector({&get(p + "input_layernorm.weight")});
+      L.wqkv = matrix({&get(p + "self_attn.q_proj.weight"), &get(p + "self_attn.k_proj.weight"),
+                       &get(p + "self_attn.v_proj.weight")});
       if (c.qkv_bias)
-        L.bqkv = vector({&get(p + "self_attn.q_proj.bias", {QW}), &get(p + "self_attn.k_proj.bias", {KW}),
-                         &get(p + "self_attn.v_proj.bias", {KW})});
-      L.wo = matrix({&get(p + "self_attn.o_proj.weight", {D, QW})});
-      if (c.o_bias) L.bo = vector({&get(p + "self_attn.o_proj.bias", {D})});
-      L.mlp_norm = vector({&get(p + "post_attention_layernorm.weight", {D})});
-      L.w_gate_up = matrix({&get(p + "mlp.gate_proj.weight", {F, D}), &get(p + "mlp.up_proj.weight", {F, D})});
-      L.w_down = matrix({&get(p + "mlp.down_proj.weight", {D, F})});
+        L.bqkv = vector({&get(p + "self_attn.q_proj.bias"), &get(p + "self_attn.k_proj.bias"),
+                         &get(p + "self_attn.v_proj.bias")});
+      L.wo = matrix({&get(p + "self_attn.o_proj.weight")});
+      if (c.o_bias) L.bo = vector({&get(p + "self_attn.o_proj.bias")});
+      L.mlp_norm = vector({&get(p + "post_attention_layernorm.weight")});
+      L.w_gate_up = matrix({&get(p + "mlp.gate_proj.weight"), &get(p + "mlp.up_proj.weight")});
+      L.w_down = matrix({&get(p + "mlp.down_proj.weight")});
     }
   }
 
