@@ -81,14 +81,7 @@ AttentionOverride config_override(const std::string& name, const ModelConfig& ba
     o.window = w;
     o.sinks = 0;
   } else {
-    try {
-      o = parse_attention_override(name);
-    } catch (const InvalidArgument& e) {  // its message names --attention, the serve flag
-      std::string why = e.what();
-      const std::string flag = "--attention";
-      if (why.rfind(flag, 0) == 0) why.replace(0, flag.size(), "--configs");
-      throw InvalidArgument(why);
-    }
+    o = parse_attention_override(name, "--configs");
   }
   return o;
 }

@@ -278,10 +278,10 @@ ModelConfig load_model_config(const std::string& path) {
   return parse_model_config(ss.str(), file);
 }
 
-AttentionOverride parse_attention_override(std::string_view spec) {
+AttentionOverride parse_attention_override(std::string_view spec, std::string_view flag) {
   AttentionOverride o;
   auto bad = [&](const std::string& why) -> InvalidArgument {
-    return InvalidArgument("--attention '" + std::string(spec) + "': " + why +
+    return InvalidArgument(std::string(flag) + " '" + std::string(spec) + "': " + why +
                            " (expected e.g. 'pattern=LLLG,window=4096,sinks=4', 'global' or 'local,window=512')");
   };
   auto parse_int = [&](std::string_view v, const char* what) {

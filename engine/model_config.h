@@ -69,8 +69,8 @@ struct AttentionOverride {
   std::optional<int> sinks;
   bool empty() const { return pattern.empty() && !window && !sinks; }
 };
-// Throws InvalidArgument with a message that says which part is wrong.
-AttentionOverride parse_attention_override(std::string_view spec);
+// Throws InvalidArgument with a message that names `flag` and says which part is wrong.
+AttentionOverride parse_attention_override(std::string_view spec, std::string_view flag = "--attention");
 // Applies it; throws ModelError when the result is invalid (e.g. local layers without a window).
 void apply_attention_override(ModelConfig& c, const AttentionOverride& o);
 
