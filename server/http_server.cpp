@@ -63,6 +63,20 @@ std::string parameter_size(const ModelConfig& c) {
   return buf;
 }
 
+// The host of a Host header, an origin's authority or --host: lower case, without the port, the
+// brackets of an IPv6 literal or a final dot ("[::1]:8012" -> "::1", "LocalHost.:80" -> "localhost").
+std::string host_name(std::string h) {
+  if (!h.empty() && h.front() == '[') {
+    const size_t close = h.find(']');
+    h = h.substr(1, close == std::string::npos ? std::string::npos : close - 1);
+  } else if (const size_t colon = h.rfind(':'); colon != std::string::npos && colon == h.find(':')) {
+    h.resize(colon);  // one colon: a port (an IPv6 literal without brackets has several)
+  }
+  for (char& c : h) c = char(std::tolower(static_cast<unsigned char>(c)));
+  if (!h.empty() && h.back() == '.') h.pop_back();
+  return h;
+}
+
 std::string route_label(const std::string& path) { return kRoutes.count(path) ? path : "other"; }
 
 ErrorStyle style_for(const std::string& path) {
@@ -751,17 +765,10 @@ struct HttpServer::Impl {
   // must be a loopback name. Editors' extension hosts, curl and scripts send no Origin. Returns
   // why a request is refused, or "".
   std::string refused_by_browser_rules(const httplib::Request& req) const {
-    const auto host_is_loopback = [](std::string h) {
-      if (!h.empty() && h.front() == '[') {  // [v6]:port
-        const size_t close = h.find(']');
-        h = close == std::string::npos ? h : h.substr(1, close - 1);
-        return h == "::1";
-      }
-      if (const size_t colon = h.rfind(':'); colon != std::string::npos) h = h.substr(0, colon);
-      for (char& c : h) c = char(std::tolower(static_cast<unsigned char>(c)));
-      if (!h.empty() && h.back() == '.') h.pop_back();
+    const auto host_is_loopback = [](const std::string& host) {
+      const std::string h = host_name(host);
       in_addr v4{};
-      return h == "localhost" || (h.size() > 10 && h.compare(h.size() - 10, 10, ".localhost") == 0) ||
+      return h == "localhost" || h == "::1" || (h.size() > 10 && h.compare(h.size() - 10, 10, ".localhost") == 0) ||
              (::inet_pton(AF_INET, h.c_str(), &v4) == 1 && (ntohl(v4.s_addr) >> 24) == 127);
     };
     if (req.has_header("Origin")) {
@@ -778,12 +785,9 @@ struct HttpServer::Impl {
                " are refused (a page on another site must not drive a local server); allow it with --cors-origins";
     }
     const std::string& bound = opts.host;
-    const bool loopback_only = bound == "::1" || host_is_loopback(bound);
+    const bool loopback_only = host_is_loopback(bound);
     if (loopback_only && req.has_header("Host") && !host_is_loopback(req.get_header_value("Host"))) {
-      std::string name = req.get_header_value("Host");
-      if (!name.empty() && name.front() != '[')
-        if (const size_t colon = name.rfind(':'); colon != std::string::npos) name.resize(colon);
-      for (char& ch : name) ch = char(std::tolower(static_cast<unsigned char>(ch)));
+      const std::string name = host_name(req.get_header_value("Host"));
       const auto& hosts = opts.allowed_hosts;
       const bool allowed = std::find(hosts.begin(), hosts.end(), "*") != hosts.end() ||
                            std::find(hosts.begin(), hosts.end(), name) != hosts.end();
