@@ -44,8 +44,7 @@ int run_complete(const CompleteArgs& a) {
   GenerateOptions go;
   go.max_tokens = a.max_tokens;
   go.stop_ids = stops;
-  go.banned_ids = banned_ids(fim, *tok, a.has_suffix);
-  std::erase_if(go.banned_ids, [&](int32_t id) { return std::find(stops.begin(), stops.end(), id) != stops.end(); });
+  go.banned_ids = banned_ids(fim, *tok, a.has_suffix, stops);
   go.n_tokens = tok->n_vocab();
   go.sampling.temperature = a.temperature;
   go.sampling.top_k = a.top_k;

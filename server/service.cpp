@@ -195,10 +195,8 @@ Prepared CompletionService::prepare(const GenerationParams& p) const {
         if (std::find(r.stop.stop_ids.begin(), r.stop.stop_ids.end(), id) == r.stop.stop_ids.end())
           r.stop.stop_ids.push_back(id);
   }
-  r.banned_ids = banned_ids(fim_, *tok_, p.prompt.kind == PromptSpec::Kind::Fim);
-  std::erase_if(r.banned_ids, [&](int32_t id) {  // a model's own end ids stay possible
-    return std::find(eos_ids_.begin(), eos_ids_.end(), id) != eos_ids_.end();
-  });
+  // (a model's own end ids stay possible)
+  r.banned_ids = banned_ids(fim_, *tok_, p.prompt.kind == PromptSpec::Kind::Fim, eos_ids_);
   r.cache_prompt = p.cache_prompt;
   r.logprobs = p.logprobs;
   r.prompt_logprobs = p.prompt_logprobs;

@@ -209,14 +209,17 @@ std::vector<int32_t> stop_ids(const FimTemplate& tmpl, const Tokenizer& tok) {
   return ids;
 }
 
-std::vector<int32_t> banned_ids(const FimTemplate& tmpl, const Tokenizer& tok, bool fim_prompt) {
+std::vector<int32_t> banned_ids(const FimTemplate& tmpl, const Tokenizer& tok, bool fim_prompt,
+                                std::span<const int32_t> allowed) {
   // NOTE: built with push_back; insert of an initializer list trips GCC 12's false -Warray-bounds.
   std::vector<int32_t> ids;
   ids.reserve(4);
   if (tok.bos_id() >= 0 && tok.bos_id() != tok.eos_id()) ids.push_back(tok.bos_id());
   if (tmpl.supported() && !fim_prompt)
     for (const int32_t id : {tmpl.prefix_id, tmpl.suffix_id, tmpl.middle_id}) ids.push_back(id);
-  std::erase_if(ids, [&](int32_t id) { return id < 0 || id >= tok.n_vocab() || id == tok.eos_id(); });
+  std::erase_if(ids, [&](int32_t id) {
+    return id < 0 || id >= tok.n_vocab() || id == tok.eos_id() || std::find(allowed.begin(), allowed.end(), id) != allowed.end();
+  });
   std::sort(ids.begin(), ids.end());
   ids.erase(std::unique(ids.begin(), ids.end()), ids.end());
   return ids;

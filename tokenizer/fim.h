@@ -73,7 +73,9 @@ std::vector<int32_t> stop_ids(const FimTemplate& tmpl, const Tokenizer& tok);
 // completion the template's FIM markers, which only a FIM prompt gives meaning (a model trained
 // on FIM examples may well rank <fim-suffix> first after plain code; in a FIM completion they end
 // it instead, see stop_ids).
-std::vector<int32_t> banned_ids(const FimTemplate& tmpl, const Tokenizer& tok, bool fim_prompt);
+// Ids in `allowed` (the request's own stop ids) are never banned.
+std::vector<int32_t> banned_ids(const FimTemplate& tmpl, const Tokenizer& tok, bool fim_prompt,
+                                std::span<const int32_t> allowed = {});
 
 // Left-to-right prompt: [BOS] E(prompt). For models trained with sentencepiece's dummy prefix
 // (model_adds_dummy_prefix()) a non-empty prompt gets its leading space back, as in training.
