@@ -14,7 +14,10 @@ Standard library only.
 """
 
 import json
+import os
 import sys
+
+SHAPE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "models", "shapes", "attention-32x128.json")
 
 
 def pairs(context, window):
@@ -32,7 +35,9 @@ def main():
     if len(rows) != 2 or rows[0]["context"] != rows[1]["context"]:
         sys.exit("attention_tflops.py: needs exactly two results of one context, two windows")
     small, large = rows
-    heads = 32 * 128  # the shape's heads x head_dim
+    with open(SHAPE) as f:
+        shape = json.load(f)
+    heads = shape["num_attention_heads"] * shape["head_dim"]
     flops = 4 * heads * (pairs(large["context"], large["window"]) - pairs(small["context"], small["window"]))
     seconds = large["prefill_seconds"] - small["prefill_seconds"]
     out = {"context": large["context"], "windows": [small["window"], large["window"]],
