@@ -102,7 +102,7 @@ int run_bench(const BenchArgs& a) {
     ModelConfig c = load_model_config(preset_path(preset));
     source = "preset " + preset + " (random weights)";
     auto t = clock_type::now();
-    model = Model::random(c, *backend, a.seed, parse_dtype_option(a.engine.weights, "--weights"));
+    model = Model::random(c, *backend, a.seed, parse_dtype_option(a.engine.weights, "--weights", true));
     std::fprintf(stderr, "built %s in %.1f s\n", source.c_str(), seconds_since(t));
   } else {
     source = resolve_model_dir(a.engine);

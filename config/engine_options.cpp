@@ -51,9 +51,9 @@ void add_engine_options(CLI::App& app, EngineOptions& o) {
   app.add_option("--attention", o.attention,
                  "Override the attention pattern, e.g. 'pattern=LLLG,window=4096,sinks=4', 'global', 'local,window=512'")
       ->envname("HYCO_ATTENTION");
-  app.add_option("--weights", o.weights, "Matrix dtype on the device: auto, f32, bf16, f16")
+  app.add_option("--weights", o.weights, "Matrix dtype on the device: auto, f32, bf16, f16, q8 (CPU: 8-bit weights and activations)")
       ->envname("HYCO_WEIGHTS")
-      ->check(CLI::IsMember({"auto", "f32", "bf16", "f16"}))
+      ->check(CLI::IsMember({"auto", "f32", "bf16", "f16", "q8"}))
       ->capture_default_str();
   app.add_option("--kv-dtype", o.kv_dtype,
                  "KV cache dtype: auto, f32, bf16, f16, q8 (8-bit with a scale per head and position; CPU only)")
@@ -101,7 +101,7 @@ std::optional<DType> parse_dtype_option(const std::string& v, const char* flag, 
 LoadOptions to_load_options(const EngineOptions& o) {
   LoadOptions lo;
   if (!o.attention.empty()) lo.attention = parse_attention_override(o.attention);
-  lo.matrix_dtype = parse_dtype_option(o.weights, "--weights");
+  lo.matrix_dtype = parse_dtype_option(o.weights, "--weights", true);
   return lo;
 }
 

@@ -288,6 +288,19 @@ std::vector<OpCase> backend_op_cases() {
   return c;
 }
 
+std::vector<OpCase> q8_weight_cases() {
+  std::vector<OpCase> c;
+  for (int M : {1, 5, 6, 7, 16, 33})
+    for (int N : {1, 64, 65, 200}) c.push_back(matmul_case(M, N, 130, DType::Q8, false, false));
+  c.push_back(matmul_case(3, 70, 1, DType::Q8, false, false));
+  c.push_back(matmul_case(3, 70, 3, DType::Q8, false, false));
+  c.push_back(matmul_case(17, 96, 64, DType::Q8, true, false));
+  c.push_back(matmul_case(17, 96, 64, DType::Q8, true, true));
+  c.push_back(matmul_case(64, 512, 512, DType::Q8, false, true));
+  c.push_back(embed_case(DType::Q8));
+  return c;
+}
+
 std::vector<OpCase> attention_cases(DType kv) {
   return {attention_case(false, 0, 4, 4, 16, kv), attention_case(true, 0, 4, 2, 32, kv),
           attention_case(true, 3, 8, 2, 64, kv), attention_case(false, 0, 6, 1, 128, kv),

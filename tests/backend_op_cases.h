@@ -23,6 +23,10 @@ std::vector<OpCase> backend_op_cases();
 // every backend runs, leaves it out).
 std::vector<OpCase> attention_cases(DType kv_dtype);
 
+// Matmul and embed with 8-bit weights (CPU only): the same shapes as backend_op_cases' f32 and
+// bf16 ones, plus a 16-row decode batch.
+std::vector<OpCase> q8_weight_cases();
+
 // Σ(a-b)² / Σb²; infinity when sizes differ or a value is not finite.
 double nmse(const std::vector<float>& a, const std::vector<float>& b);
 

@@ -22,8 +22,8 @@ struct Engine {
   std::unique_ptr<Model> model;
   KvCacheConfig kc;
 
-  explicit Engine(const ModelConfig& c, DType kv_dtype = DType::F32, int rollback = 6) {
-    model = Model::random(c, *backend, 7, DType::F32);
+  explicit Engine(const ModelConfig& c, DType kv_dtype = DType::F32, int rollback = 6, DType weights = DType::F32) {
+    model = Model::random(c, *backend, 7, weights);
     kc.dtype = kv_dtype;
     kc.n_seqs = 4;
     kc.n_ctx = 256;
@@ -51,6 +51,7 @@ struct Case {
   const char* name;
   ModelConfig cfg;
   DType kv = DType::F32;
+  DType weights = DType::F32;
 };
 
 std::vector<Case> cases() {
@@ -63,6 +64,7 @@ std::vector<Case> cases() {
       {"narrow attention", tiny_config("LG", 8, 0, 2, 1, 16, 96)},
       {"bf16 kv cache", tiny_config("LLLG", 8, 2), DType::BF16},
       {"q8 kv cache", tiny_config("LLLG", 8, 2), DType::Q8},
+      {"q8 weights", tiny_config("LLLG", 8, 2), DType::BF16, DType::Q8},
   };
 }
 
@@ -71,7 +73,7 @@ std::vector<Case> cases() {
 TEST_CASE("decoding token by token gives the logits of one prefill", "[consistency]") {
   for (const Case& c : cases()) {
     SECTION(c.name) {
-      Engine e(c.cfg, c.kv);
+      Engine e(c.cfg, c.kv, 6, c.weights);
       auto toks = hyco::test::random_tokens(70, c.cfg.n_vocab, 11);
       auto kv1 = e.cache(), kv2 = e.cache(), kv3 = e.cache();
       auto prefill = e.feed(*kv1, *kv1->create(), toks, 70);
@@ -88,7 +90,7 @@ TEST_CASE("decoding token by token gives the logits of one prefill", "[consisten
 TEST_CASE("a ragged batch gives each sequence the logits it gets alone", "[consistency]") {
   for (const Case& c : cases()) {
     SECTION(c.name) {
-      Engine e(c.cfg, c.kv);
+      Engine e(c.cfg, c.kv, 6, c.weights);
       auto a = hyco::test::random_tokens(21, c.cfg.n_vocab, 1);
       auto b = hyco::test::random_tokens(40, c.cfg.n_vocab, 2);
       auto d = hyco::test::random_tokens(12, c.cfg.n_vocab, 3);
@@ -126,7 +128,7 @@ TEST_CASE("rolling back by up to the reserve and recomputing equals a fresh comp
   for (const Case& c : cases()) {
     SECTION(c.name) {
       const int R = 6;
-      Engine e(c.cfg, c.kv, R);
+      Engine e(c.cfg, c.kv, R, c.weights);
       // Longer than a ring (W + R rounded up to a group of 64 slots), so the rings wrap.
       auto first = hyco::test::random_tokens(150, c.cfg.n_vocab, 5);
       auto kv = e.cache();
@@ -154,7 +156,7 @@ TEST_CASE("rolling back by up to the reserve and recomputing equals a fresh comp
 TEST_CASE("a prompt that extends a cached one reuses its prefix and equals a fresh computation", "[consistency]") {
   for (const Case& c : cases()) {
     SECTION(c.name) {
-      Engine e(c.cfg, c.kv, 8);
+      Engine e(c.cfg, c.kv, 8, c.weights);
       auto kv = e.cache();
       PrefixCache cache(*kv);
       // The IDE case: same file, the cursor moved on by a few tokens; the old completion's

@@ -110,7 +110,28 @@ class CpuBackend final : public Backend {
     t.rows = N;
     t.cols = K;
     t.layout = Layout::Packed;
-    if (dtype == DType::BF16) {
+    if (dtype == DType::Q8) {
+      // Σ over K of (q_w + 128)·q_x must fit 32 bits: 255 · 127 · K < 2³¹.
+      if (K > 65536) throw InvalidArgument("--weights q8: a matrix with " + std::to_string(K) + " inputs (at most 65536)");
+      const int64_t Kq = (K + 3) / 4;
+      const int64_t panel_bytes = Kq * 4 * kPanel;
+      t.dtype = DType::Q8;
+      t.owner = raw_alloc(size_t(P * panel_bytes + P * kPanel * 4));
+      t.data = t.owner.get();
+      uint8_t* w = static_cast<uint8_t*>(t.data);
+      float* scales = reinterpret_cast<float*>(w + P * panel_bytes);
+      pool_.run_tasks(P, [&](int64_t p, int) {
+        uint8_t* panel = w + p * panel_bytes;
+        std::memset(panel, 128, size_t(panel_bytes));
+        std::vector<float> col(static_cast<size_t>(K)), q(static_cast<size_t>(K));
+        for (int64_t n = p * kPanel; n < std::min(N, (p + 1) * kPanel); ++n) {
+          for (int64_t k = 0; k < K; ++k) col[size_t(k)] = load_as_f32(src.data, src.dtype, n * K + k);
+          scales[n] = q8_row(col.data(), int(K), q.data());
+          for (int64_t k = 0; k < K; ++k)
+            panel[(k / 4) * 4 * kPanel + (n % kPanel) * 4 + k % 4] = uint8_t(int(q[size_t(k)]) + 128);
+        }
+      });
+    } else if (dtype == DType::BF16) {
       const int64_t Kp = (K + 1) & ~int64_t(1);
       t.dtype = DType::BF16;
       t.owner = raw_alloc(size_t(P * Kp * kPanel) * 2);
@@ -163,6 +184,13 @@ class CpuBackend final : public Backend {
       float* o = static_cast<float*>(out.data) + i * K;
       if (table.layout == Layout::RowMajor) {
         for (int64_t k = 0; k < K; ++k) o[k] = load_as_f32(table.data, table.dtype, n * K + k);
+      } else if (table.dtype == DType::Q8) {
+        const int64_t Kq = (K + 3) / 4;
+        const uint8_t* base = static_cast<const uint8_t*>(table.data);
+        const uint8_t* panel = base + (n / kPanel) * Kq * 4 * kPanel;
+        const float scale = reinterpret_cast<const float*>(base + n_panels(table.rows) * Kq * 4 * kPanel)[n];
+        for (int64_t k = 0; k < K; ++k)
+          o[k] = float(int(panel[(k / 4) * 4 * kPanel + (n % kPanel) * 4 + k % 4]) - 128) * scale;
       } else if (table.dtype == DType::BF16) {
         const int64_t Kp = (K + 1) & ~int64_t(1);
         const uint16_t* panel = static_cast<const uint16_t*>(table.data) + (n / kPanel) * Kp * kPanel;
@@ -200,6 +228,23 @@ class CpuBackend final : public Backend {
     auto gemm = bf16 ? k_->gemm_bf16 : k_->gemm_f32;
     const int64_t P = n_panels(g.N);
     const int nth = pool_.size();
+    if (w.dtype == DType::Q8) {
+      // The activations to 8 bits, once for all the panels.
+      g.Kq = (g.K + 3) / 4;
+      gemm = k_->gemm_q8;
+      g.w_scale = reinterpret_cast<const float*>(static_cast<const uint8_t*>(w.data) + P * g.Kq * 4 * kPanel);
+      if (xq_.size() < size_t(g.M * g.Kq * 4)) xq_.resize(size_t(g.M * g.Kq * 4));
+      if (x_scale_.size() < size_t(g.M)) {
+        x_scale_.resize(size_t(g.M));
+        x_sum_.resize(size_t(g.M));
+      }
+      rows_parallel(g.M, g.K, [&](int64_t r0, int64_t r1) {
+        k_->quantize_rows(g.x, g.ldx, g.K, g.Kq, xq_.data(), x_scale_.data(), x_sum_.data(), r0, r1);
+      });
+      g.xq = xq_.data();
+      g.x_scale = x_scale_.data();
+      g.x_sum = x_sum_.data();
+    }
     if (g.M * g.N * g.K < 32 * 1024) {  // too small to share
       gemm(g, 0, P, 0, g.M);
       return;
@@ -497,6 +542,9 @@ class CpuBackend final : public Backend {
   std::vector<int64_t> staged_at_;  // [span][kv head]: offset of its first staged tile, or -1
   std::vector<float> staged_;
   std::vector<float> cos_, sin_;
+  std::vector<int8_t> xq_;  // matmul with q8 weights: the activations in 8 bits, their scales and sums
+  std::vector<float> x_scale_;
+  std::vector<int32_t> x_sum_;
   uint64_t rope_step_ = 0;
   int rope_hd_ = 0;
   double rope_theta_ = 0, rope_scale_ = 0;

@@ -16,7 +16,12 @@ namespace hyco::cpu {
 //   f32:  panel p = [K][kPanel]                     element (n, k) at p*K*kPanel + k*kPanel + n%kPanel
 //   bf16: panel p = [Kp/2][kPanel][2], Kp = K rounded up to even:
 //                                                   element (n, k) at p*Kp*kPanel + (k/2)*2*kPanel + (n%kPanel)*2 + k%2
-// Padding rows/columns are zero.
+//   q8:   panel p = [Kq][kPanel][4] bytes, Kq = ceil(K/4): element (n, k) at p*Kq*kPanel*4 + (k/4)*4*kPanel
+//         + (n%kPanel)*4 + k%4, holding q + 128 (an unsigned byte) for the column's 8-bit value q
+//         (q8_row steps: q · scale ≈ w, scale = amax/127 per output column), then after all panels the
+//         columns' scales as f32 [P*kPanel]. Four consecutive k of a column are one 32-bit lane, the
+//         operand layout of AVX-512 VNNI's vpdpbusd.
+// Padding rows/columns are zero (for q8: the byte 128, value 0).
 constexpr int kPanel = 64;
 // Keys in the CPU cache are stored transposed by group of kKvGroup slots: element e (of
 // kv_width) of slot s lives at (s / 64) * 64 * kv_width + e * 64 + s % 64, so a tile of 64
@@ -59,6 +64,13 @@ struct GemmArgs {
   int64_t ldx = 0;
   const void* w = nullptr;  // packed panels
   int64_t M = 0, N = 0, K = 0, Kp = 0;
+  // q8 weights: the activations quantised by quantize_rows (8-bit rows of 4*Kq bytes, each row's
+  // scale and the sum of its 8-bit values), and the weights' column scales.
+  const int8_t* xq = nullptr;
+  const float* x_scale = nullptr;
+  const int32_t* x_sum = nullptr;
+  int64_t Kq = 0;
+  const float* w_scale = nullptr;
   const float* bias = nullptr;  // [N] or null
   float* out = nullptr;         // [M, N], row stride ldo
   int64_t ldo = 0;
@@ -97,6 +109,13 @@ struct CpuKernels {
   // out[m0:m1, panels p0:p1] of x · wᵀ
   void (*gemm_f32)(const GemmArgs& a, int64_t p0, int64_t p1, int64_t m0, int64_t m1);
   void (*gemm_bf16)(const GemmArgs& a, int64_t p0, int64_t p1, int64_t m0, int64_t m1);
+  // q8 weights: out = (Σ xq·q) · x_scale · w_scale, the sum exact in 32-bit integers, so every
+  // variant gives the same sums (vpdpbusd where the CPU has AVX-512 VNNI).
+  void (*gemm_q8)(const GemmArgs& a, int64_t p0, int64_t p1, int64_t m0, int64_t m1);
+  // Rows [r0, r1) of x [.., K] (row stride ldx) to 8-bit with q8_row's steps: q[r] (4*Kq bytes,
+  // zero past K), scale[r], sum[r] = Σ q[r].
+  void (*quantize_rows)(const float* x, int64_t ldx, int64_t K, int64_t Kq, int8_t* q, float* scale, int32_t* sum,
+                        int64_t r0, int64_t r1);
   void (*attention_task)(const AttentionParams& p, const AttnTask& t, float* scratch);
   // The tile of keys [jb, jb + kKeyTile) of span s, kv head g, as attention_task would assemble
   // it, into dst (attention_tile_floats).

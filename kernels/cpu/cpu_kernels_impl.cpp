@@ -367,6 +367,163 @@ void gemm_bf16_rows(const GemmArgs& g, int64_t m, int64_t p0, int64_t p1) {
   }
 }
 
+// ---- 8-bit weights ------------------------------------------------------------------------------
+// Activations are rounded to 8 bits per row (q8_row's steps), weights per output column at load;
+// the products are summed exactly in 32-bit integers and scaled once at the end. The weight bytes
+// hold q + 128, so Σ (q_w + 128)·q_x = Σ q_w·q_x + 128·Σ q_x: the row sums of the activations
+// (kept by quantize_rows) take the offset back out.
+
+void quantize_rows(const float* x, int64_t ldx, int64_t K, int64_t Kq, int8_t* q, float* scale, int32_t* sum,
+                   int64_t r0, int64_t r1) {
+  for (int64_t r = r0; r < r1; ++r) {
+    const float* xr = x + r * ldx;
+    int8_t* qr = q + r * 4 * Kq;
+    float amax = 0.0f;
+    int64_t k = 0;
+#if defined(__AVX512F__)
+    __m512 vmax = _mm512_setzero_ps();
+    for (; k + 16 <= K; k += 16)  // max_ps returns its second operand when the first is NaN: NaN is skipped
+      vmax = _mm512_max_ps(_mm512_abs_ps(_mm512_loadu_ps(xr + k)), vmax);
+    amax = _mm512_reduce_max_ps(vmax);
+#endif
+    for (; k < K; ++k) {
+      const float a = xr[k] < 0.0f ? -xr[k] : xr[k];
+      amax = a > amax ? a : amax;
+    }
+    const bool ok = amax > 0.0f && amax <= 3.4028234663852886e38f;
+    const float inv = ok ? 127.0f / amax : 0.0f;
+    int32_t total = 0;
+    k = 0;
+#if defined(__AVX512F__)
+    __m512i vsum = _mm512_setzero_si512();
+    const __m512 vinv = _mm512_set1_ps(inv);
+    for (; k + 16 <= K; k += 16) {
+      const __m512 y = _mm512_mul_ps(_mm512_loadu_ps(xr + k), vinv);
+      __m512i v = _mm512_maskz_cvtps_epi32(_mm512_cmp_ps_mask(y, y, _CMP_ORD_Q), y);  // nearest even; NaN → 0
+      v = _mm512_min_epi32(_mm512_max_epi32(v, _mm512_set1_epi32(-127)), _mm512_set1_epi32(127));
+      vsum = _mm512_add_epi32(vsum, v);
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(qr + k), _mm512_cvtepi32_epi8(v));
+    }
+    total = _mm512_reduce_add_epi32(vsum);
+#endif
+    for (; k < K; ++k) {
+      const float y = xr[k] * inv;
+      int v = y == y ? _mm_cvtss_si32(_mm_set_ss(y)) : 0;
+      v = v > 127 ? 127 : (v < -127 ? -127 : v);
+      qr[k] = int8_t(v);
+      total += v;
+    }
+    for (; k < 4 * Kq; ++k) qr[k] = 0;
+    scale[r] = ok ? amax / 127.0f : 0.0f;
+    sum[r] = total;
+  }
+}
+
+// out = (acc − 128·x_sum) · (x_scale · w_scale) (+ bias) (+ out), for a tile of integer sums.
+inline void store_q8_tile(const int32_t* acc, int mr, const float* xs, const int32_t* xsum, const float* ws, float* c,
+                          int64_t ldc, int nvalid, const float* bias, bool accumulate) {
+  for (int r = 0; r < mr; ++r) {
+    float* cr = c + r * ldc;
+    for (int j = 0; j < nvalid; ++j) {
+      const float s = xs[r] * ws[j];
+      float v = float(acc[r * kPanel + j] - 128 * xsum[r]) * s;
+      if (bias) v = v + bias[j];
+      cr[j] = accumulate ? cr[j] + v : v;
+    }
+  }
+}
+
+template <int MR>
+void mk_q8w_portable(const int8_t* xq, int64_t ldq, const float* xs, const int32_t* xsum, const uint8_t* b,
+                     int64_t Kq, const float* ws, float* c, int64_t ldc, int nvalid, const float* bias,
+                     bool accumulate) {
+  int32_t acc[MR * kPanel];
+  for (int i = 0; i < MR * kPanel; ++i) acc[i] = 0;
+  for (int64_t kq = 0; kq < Kq; ++kq) {
+    const uint8_t* bk = b + kq * 4 * kPanel;
+    for (int r = 0; r < MR; ++r) {
+      const int8_t* a = xq + r * ldq + 4 * kq;
+      const int32_t a0 = a[0], a1 = a[1], a2 = a[2], a3 = a[3];
+      int32_t* ar = acc + r * kPanel;
+      for (int j = 0; j < kPanel; ++j)
+        ar[j] += int32_t(bk[4 * j]) * a0 + int32_t(bk[4 * j + 1]) * a1 + int32_t(bk[4 * j + 2]) * a2 +
+                 int32_t(bk[4 * j + 3]) * a3;
+    }
+  }
+  store_q8_tile(acc, MR, xs, xsum, ws, c, ldc, nvalid, bias, accumulate);
+}
+
+#if defined(__AVX512F__)
+// vpdpbusd: per 32-bit lane (one column), four unsigned weight bytes times four signed
+// activation bytes, summed into the lane. Written as inline assembly: GCC 12 copies the
+// accumulator of the intrinsic's tied operand through the stack (three moves per product).
+inline __m512i dpbusd(__m512i acc, __m512i w_u8, __m512i x_s8) {
+  __asm__("vpdpbusd %2, %1, %0" : "+v"(acc) : "v"(w_u8), "v"(x_s8));
+  return acc;
+}
+
+// 24 accumulators, 4 weight registers and a broadcast. Runs only where kHasVnni.
+template <int MR>
+void mk_q8w_vnni(const int8_t* xq, int64_t ldq, const float* xs, const int32_t* xsum, const uint8_t* b, int64_t Kq,
+                 const float* ws, float* c, int64_t ldc, int nvalid, const float* bias, bool accumulate) {
+  __m512i acc[MR][4];
+  for (int r = 0; r < MR; ++r)
+    for (int v = 0; v < 4; ++v) acc[r][v] = _mm512_setzero_si512();
+  for (int64_t kq = 0; kq < Kq; ++kq) {
+    const uint8_t* bk = b + kq * 4 * kPanel;
+    // The weights stream from memory once per step: fetch 4 quads of k ahead.
+    for (int l = 0; l < 4; ++l) _mm_prefetch(reinterpret_cast<const char*>(bk + 16 * kPanel + l * 64), _MM_HINT_T0);
+    __m512i bv[4];
+    for (int v = 0; v < 4; ++v) bv[v] = _mm512_loadu_si512(bk + v * 64);
+    for (int r = 0; r < MR; ++r) {
+      int32_t a4;
+      std::memcpy(&a4, xq + r * ldq + 4 * kq, 4);
+      const __m512i av = _mm512_set1_epi32(a4);
+      for (int v = 0; v < 4; ++v) acc[r][v] = dpbusd(acc[r][v], bv[v], av);
+    }
+  }
+  for (int r = 0; r < MR; ++r) {
+    const __m512i off = _mm512_set1_epi32(128 * xsum[r]);
+    const __m512 sx = _mm512_set1_ps(xs[r]);
+    for (int v = 0; v < 4; ++v) {
+      const int n = nvalid - v * 16;
+      if (n <= 0) break;
+      const __mmask16 m = n >= 16 ? __mmask16(0xffff) : __mmask16((1u << n) - 1);
+      const __m512 s = _mm512_mul_ps(sx, _mm512_loadu_ps(ws + v * 16));
+      __m512 x = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(acc[r][v], off)), s);
+      if (bias) x = _mm512_add_ps(x, _mm512_maskz_loadu_ps(m, bias + v * 16));
+      float* dst = c + r * ldc + v * 16;
+      if (accumulate) x = _mm512_add_ps(_mm512_maskz_loadu_ps(m, dst), x);
+      _mm512_mask_storeu_ps(dst, m, x);
+    }
+  }
+}
+
+const bool kHasVnni = __builtin_cpu_supports("avx512vnni");
+#endif
+
+template <int MR>
+void gemm_q8_rows(const GemmArgs& g, int64_t m, int64_t p0, int64_t p1) {
+  const uint8_t* w = static_cast<const uint8_t*>(g.w);
+  const int64_t ldq = 4 * g.Kq;
+  for (int64_t p = p0; p < p1; ++p) {
+    const int nvalid = int(imin(kPanel, g.N - p * kPanel));
+    const uint8_t* panel = w + p * g.Kq * 4 * kPanel;
+    const float* bias = g.bias ? g.bias + p * kPanel : nullptr;
+    const float* ws = g.w_scale + p * kPanel;
+    float* c = g.out + m * g.ldo + p * kPanel;
+#if defined(__AVX512F__)
+    if (kHasVnni) {
+      mk_q8w_vnni<MR>(g.xq + m * ldq, ldq, g.x_scale + m, g.x_sum + m, panel, g.Kq, ws, c, g.ldo, nvalid, bias,
+                      g.accumulate);
+      continue;
+    }
+#endif
+    mk_q8w_portable<MR>(g.xq + m * ldq, ldq, g.x_scale + m, g.x_sum + m, panel, g.Kq, ws, c, g.ldo, nvalid, bias,
+                        g.accumulate);
+  }
+}
+
 // Rows in blocks of kMR; within a block, all panels of the range (the panels of one block of
 // rows stay in L2 while the rows stream).
 template <template <int> class Op>
@@ -374,7 +531,7 @@ void gemm_blocks(const GemmArgs& g, int64_t p0, int64_t p1, int64_t m0, int64_t 
   // Panels in groups so that a group's weights (≤ ~1 MB) stay in L2 across all row blocks. A
   // few rows (decode) go over one panel at a time: it stays in L1/L2 for every row block and the
   // weights stream from memory once.
-  int64_t panel_bytes = (g.Kp ? g.Kp * 2 : g.K * 4) * kPanel;
+  int64_t panel_bytes = (g.Kq ? g.Kq * 4 : g.Kp ? g.Kp * 2 : g.K * 4) * kPanel;
   int64_t group = m1 - m0 <= 4 * kMR ? 1 : imax(1, (1 << 20) / imax(1, panel_bytes));
   for (int64_t pg = p0; pg < p1; pg += group) {
     int64_t pe = imin(p1, pg + group);
@@ -399,12 +556,19 @@ template <int MR>
 struct Bf16Op {
   static void run(const GemmArgs& g, int64_t m, int64_t p0, int64_t p1) { gemm_bf16_rows<MR>(g, m, p0, p1); }
 };
+template <int MR>
+struct Q8Op {
+  static void run(const GemmArgs& g, int64_t m, int64_t p0, int64_t p1) { gemm_q8_rows<MR>(g, m, p0, p1); }
+};
 
 void gemm_f32(const GemmArgs& g, int64_t p0, int64_t p1, int64_t m0, int64_t m1) {
   gemm_blocks<F32Op>(g, p0, p1, m0, m1);
 }
 void gemm_bf16(const GemmArgs& g, int64_t p0, int64_t p1, int64_t m0, int64_t m1) {
   gemm_blocks<Bf16Op>(g, p0, p1, m0, m1);
+}
+void gemm_q8(const GemmArgs& g, int64_t p0, int64_t p1, int64_t m0, int64_t m1) {
+  gemm_blocks<Q8Op>(g, p0, p1, m0, m1);
 }
 
 // ---- attention -----------------------------------------------------------------------------------
@@ -885,6 +1049,8 @@ const CpuKernels HYCO_CAT(kKernels, HYCO_CPU_TABLE) = {
     HYCO_STR(HYCO_CPU_VARIANT),
     HYCO_CPU_VARIANT::gemm_f32,
     HYCO_CPU_VARIANT::gemm_bf16,
+    HYCO_CPU_VARIANT::gemm_q8,
+    HYCO_CPU_VARIANT::quantize_rows,
     HYCO_CPU_VARIANT::attention_task,
     HYCO_CPU_VARIANT::stage_tile,
     HYCO_CPU_VARIANT::rms_norm,

@@ -77,6 +77,8 @@ class CudaBackend final : public Backend {
   }
 
   Tensor upload_weight(const HostTensor& src, WeightRole role, DType dtype) override {
+    if (role == WeightRole::Matrix && dtype == DType::Q8)
+      throw InvalidArgument("--weights q8 is for the CPU backend; the CUDA backend keeps matrices in bf16, f16 or f32");
     const DType dt = role == WeightRole::Vector ? DType::F32 : dtype;
     const int64_t n = src.rows * src.cols;
     std::vector<uint8_t> host(size_t(n) * dtype_size(dt));
