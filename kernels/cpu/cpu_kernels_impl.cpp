@@ -834,6 +834,67 @@ void stage_tile(const AttentionParams& p, int32_t s, int32_t g, int32_t jb, floa
   gather_kv(ctx, jb, jb, int32_t(imin(imin(S, sp.pos0), hi)), KT, V, hdp, KS, VS);  // sinks
 }
 
+#if defined(__AVX512F__)
+// Scores of `rows` 8-bit query rows (q: [rows][hd] signed) against a tile of 8-bit keys of a Q8
+// cache read in place (kt: [hd][kKeyTile] bytes, the cache's transposed layout), as the exact
+// integer sums Σ q·k, into sc [rows][kKeyTile] as floats. Four rows of keys (dims d..d+3) are
+// interleaved into 32-bit lanes of four consecutive dims per key (vpdpbusd's operand), the keys
+// made unsigned by flipping their sign bit (k + 128), and 128·Σq taken back out at the end.
+// Runs only where kHasVnni, for hd a multiple of 4.
+template <int MR>
+void qk_q8_vnni(const int8_t* q, int hd, const int32_t* qsum, const int8_t* kt, float* sc) {
+  __m512i acc[MR][4];
+  for (int r = 0; r < MR; ++r)
+    for (int j = 0; j < 4; ++j) acc[r][j] = _mm512_setzero_si512();
+  const __m512i flip = _mm512_set1_epi8(int8_t(0x80));
+  for (int d = 0; d < hd; d += 4) {
+    const int8_t* k = kt + int64_t(d) * kKeyTile;
+    const __m512i a0 = _mm512_xor_si512(_mm512_loadu_si512(k), flip);
+    const __m512i a1 = _mm512_xor_si512(_mm512_loadu_si512(k + kKeyTile), flip);
+    const __m512i a2 = _mm512_xor_si512(_mm512_loadu_si512(k + 2 * kKeyTile), flip);
+    const __m512i a3 = _mm512_xor_si512(_mm512_loadu_si512(k + 3 * kKeyTile), flip);
+    const __m512i b01l = _mm512_unpacklo_epi8(a0, a1), b01h = _mm512_unpackhi_epi8(a0, a1);
+    const __m512i b23l = _mm512_unpacklo_epi8(a2, a3), b23h = _mm512_unpackhi_epi8(a2, a3);
+    // Lane i of 128-bit block L of c[j] holds key 16L + 4j + i.
+    __m512i c[4];
+    c[0] = _mm512_unpacklo_epi16(b01l, b23l);
+    c[1] = _mm512_unpackhi_epi16(b01l, b23l);
+    c[2] = _mm512_unpacklo_epi16(b01h, b23h);
+    c[3] = _mm512_unpackhi_epi16(b01h, b23h);
+    for (int r = 0; r < MR; ++r) {
+      int32_t q4;
+      std::memcpy(&q4, q + int64_t(r) * hd + d, 4);
+      const __m512i qv = _mm512_set1_epi32(q4);
+      for (int j = 0; j < 4; ++j) acc[r][j] = dpbusd(acc[r][j], c[j], qv);
+    }
+  }
+  for (int r = 0; r < MR; ++r) {
+    // Back to key order: 128-bit block L of the output for keys 16L.. is block L of c[0..3]'s sums
+    // (a 4×4 transpose of blocks).
+    const __m512i t0 = _mm512_shuffle_i32x4(acc[r][0], acc[r][1], 0x44), t1 = _mm512_shuffle_i32x4(acc[r][0], acc[r][1], 0xEE);
+    const __m512i t2 = _mm512_shuffle_i32x4(acc[r][2], acc[r][3], 0x44), t3 = _mm512_shuffle_i32x4(acc[r][2], acc[r][3], 0xEE);
+    const __m512i o[4] = {_mm512_shuffle_i32x4(t0, t2, 0x88), _mm512_shuffle_i32x4(t0, t2, 0xDD),
+                          _mm512_shuffle_i32x4(t1, t3, 0x88), _mm512_shuffle_i32x4(t1, t3, 0xDD)};
+    const __m512i off = _mm512_set1_epi32(128 * qsum[r]);
+    for (int L = 0; L < 4; ++L)
+      _mm512_storeu_ps(sc + r * kKeyTile + 16 * L, _mm512_cvtepi32_ps(_mm512_sub_epi32(o[L], off)));
+  }
+}
+
+void qk_q8_tile(int rows, const int8_t* q, int hd, const int32_t* qsum, const int8_t* kt, float* sc) {
+  int r = 0;
+  for (; r + kMR <= rows; r += kMR) qk_q8_vnni<kMR>(q + int64_t(r) * hd, hd, qsum + r, kt, sc + r * kKeyTile);
+  switch (rows - r) {
+    case 5: qk_q8_vnni<5>(q + int64_t(r) * hd, hd, qsum + r, kt, sc + r * kKeyTile); break;
+    case 4: qk_q8_vnni<4>(q + int64_t(r) * hd, hd, qsum + r, kt, sc + r * kKeyTile); break;
+    case 3: qk_q8_vnni<3>(q + int64_t(r) * hd, hd, qsum + r, kt, sc + r * kKeyTile); break;
+    case 2: qk_q8_vnni<2>(q + int64_t(r) * hd, hd, qsum + r, kt, sc + r * kKeyTile); break;
+    case 1: qk_q8_vnni<1>(q + int64_t(r) * hd, hd, qsum + r, kt, sc + r * kKeyTile); break;
+    default: break;
+  }
+}
+#endif
+
 void attention_task(const AttentionParams& p, const AttnTask& task, float* scratch) {
   const SeqSpan& sp = p.meta.spans[task.s];
   const int hd = p.head_dim;
@@ -871,6 +932,22 @@ void attention_task(const AttentionParams& p, const AttnTask& task, float* scrat
     }
   for (int64_t i = 0; i < int64_t(kKeyTile) * hdp; ++i) V[i] = 0.0f;
   const int32_t pa = sp.pos0 + task.t0, pb = sp.pos0 + task.t1 - 1;
+  // With a Q8 cache the (pre-scaled) queries are rounded to 8 bits too (q8_row): a score is the
+  // exact integer Σ q·k times the query's and the key's scales. Q then holds the 8-bit values as
+  // floats, whose products with 8-bit keys sum exactly in f32 (|Σ| ≤ 127² · 512 < 2²⁴), so the
+  // f32 tiles and the integer kernel give the same sums.
+  float qs[kMaxRows];
+  int32_t qsum[kMaxRows];
+  int8_t q8v[kMaxRows * kMaxHeadDim];
+  if (q8)
+    for (int r = 0; r < rows; ++r) {
+      qs[r] = q8_row(Q + r * hd, hd, Q + r * hd);
+      qsum[r] = 0;
+      for (int d = 0; d < hd; ++d) {
+        q8v[r * hd + d] = int8_t(Q[r * hd + d]);
+        qsum[r] += int32_t(Q[r * hd + d]);
+      }
+    }
 
   // Keys [j0, j1) in tiles aligned to absolute multiples of kKeyTile, so that a query sees the
   // same tiles whether it is decoded alone, inside a prefill chunk, or split over threads.
@@ -929,15 +1006,21 @@ void attention_task(const AttentionParams& p, const AttnTask& task, float* scrat
         // one by one.
         assemble_tile(ctx, base, jb, lo, c_hi, int32_t(imax(lo, c_hi)), hi, KT, V, hdp, KS, VS);
       }
-      if (kt16)
+      if (kt16) {
         tile_gemm(rows, Q, hd, kt16, ldk, hd, kKeyTile, Sc, kKeyTile, false);
-      else if (kt8)
-        tile_gemm(rows, Q, hd, kt8, ldk, hd, kKeyTile, Sc, kKeyTile, false);
-      else
+      } else if (kt8) {
+#if defined(__AVX512F__)
+        if (kHasVnni && hd % 4 == 0)
+          qk_q8_tile(rows, q8v, hd, qsum, kt8, Sc);
+        else
+#endif
+          tile_gemm(rows, Q, hd, kt8, ldk, hd, kKeyTile, Sc, kKeyTile, false);
+      } else {
         tile_gemm(rows, Q, hd, kt, ldk, hd, kKeyTile, Sc, kKeyTile, false);
+      }
       if (q8)
         for (int r = 0; r < rows; ++r)
-          for (int c = 0; c < kKeyTile; ++c) Sc[r * kKeyTile + c] *= ksc[c];
+          for (int c = 0; c < kKeyTile; ++c) Sc[r * kKeyTile + c] = Sc[r * kKeyTile + c] * qs[r] * ksc[c];
       // Online softmax: mask, turn scores into weights, rescale what was accumulated.
       int32_t klo[kMaxRows], khi[kMaxRows];
       float corr[kMaxRows];
