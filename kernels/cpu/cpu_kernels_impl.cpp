@@ -717,14 +717,14 @@ inline float load_kv(const AttnCtx& c, int32_t j, int which, float* dst, int64_t
 // Tile scratch for keys [a, b) of a group (columns a..b-1): KT[hd][kKeyTile] and V[kKeyTile][hdp]
 // get the cached keys and values of kv head g widened to f32, every other column zero; with a Q8
 // cache the raw 8-bit values, and KS/VS[kKeyTile] their scales (0 in the other columns). `base`
-// is the group's first slot (unused when a == b).
+// is the group's first slot (unused when a == b). With `keys` false KT is left alone.
 inline void copy_kv_run(const AttentionParams& p, int64_t base, int g, int a, int b, float* KT, float* V, int64_t hdp,
-                        float* KS, float* VS) {
+                        float* KS, float* VS, bool keys = true) {
   const int hd = p.head_dim;
   const int64_t kvw = int64_t(p.n_kv_heads) * hd;
   const bool bf16 = p.kv_dtype == DType::BF16;
   const bool q8 = p.kv_dtype == DType::Q8;
-  for (int d = 0; d < hd; ++d) {
+  for (int d = 0; d < (keys ? hd : 0); ++d) {
     float* dst = KT + int64_t(d) * kKeyTile;
     const int64_t o = a < b ? k_offset(base, int64_t(g) * hd + d, kvw) : 0;
 #if defined(__AVX512F__)
@@ -936,6 +936,11 @@ void attention_task(const AttentionParams& p, const AttnTask& task, float* scrat
   // exact integer Σ q·k times the query's and the key's scales. Q then holds the 8-bit values as
   // floats, whose products with 8-bit keys sum exactly in f32 (|Σ| ≤ 127² · 512 < 2²⁴), so the
   // f32 tiles and the integer kernel give the same sums.
+#if defined(__AVX512F__)
+  const bool q8_int_keys = q8 && kHasVnni && hd % 4 == 0;  // qk_q8_tile reads 8-bit keys in place
+#else
+  const bool q8_int_keys = false;
+#endif
   float qs[kMaxRows];
   int32_t qsum[kMaxRows];
   int8_t q8v[kMaxRows * kMaxHeadDim];
@@ -980,8 +985,11 @@ void attention_task(const AttentionParams& p, const AttnTask& task, float* scrat
         const int64_t vg = base * kvw + int64_t(task.g) * hd;
         ldv = kvw;
         if (q8 && rows > kMR) {
-          // Many rows (a prefill chunk): widen the tile once rather than once per row block.
-          copy_kv_run(p, base, task.g, 0, kKeyTile, KT, V, hdp, KS, VS);
+          // Many rows (a prefill chunk): widen the tile once rather than once per row block; the
+          // keys only where no integer kernel reads them in place.
+          const bool int_keys = q8_int_keys;
+          copy_kv_run(p, base, task.g, 0, kKeyTile, KT, V, hdp, KS, VS, !int_keys);
+          if (int_keys) kt8 = static_cast<const int8_t*>(p.k_cache) + kg;
           ldv = hdp;
         } else if (q8) {
           kt8 = static_cast<const int8_t*>(p.k_cache) + kg;
@@ -1010,7 +1018,7 @@ void attention_task(const AttentionParams& p, const AttnTask& task, float* scrat
         tile_gemm(rows, Q, hd, kt16, ldk, hd, kKeyTile, Sc, kKeyTile, false);
       } else if (kt8) {
 #if defined(__AVX512F__)
-        if (kHasVnni && hd % 4 == 0)
+        if (q8_int_keys)
           qk_q8_tile(rows, q8v, hd, qsum, kt8, Sc);
         else
 #endif
