@@ -24,7 +24,9 @@ std::unique_ptr<Backend> make_backend(const std::string& device, int threads) {
 }
 
 DType default_kv_dtype(const Backend& b, DType matrix_dtype) {
-  return b.name() == "cpu" && matrix_dtype == DType::F32 ? DType::F32 : DType::BF16;
+  if (b.name() == "cpu" && matrix_dtype == DType::F32) return DType::F32;
+  if (b.name() == "cpu" && matrix_dtype == DType::Q8) return DType::Q8;  // 8-bit matrices: 8-bit keys and values too
+  return DType::BF16;
 }
 
 }  // namespace hyco

@@ -76,6 +76,7 @@ class CpuBackend final : public Backend {
   CpuBackend(int n_threads, const std::string& isa)
       : pool_(n_threads > 0 ? n_threads : int(std::max(1u, std::thread::hardware_concurrency()))),
         k_(&pick_kernels(isa)),
+        fast_q8_(std::string(k_->name) == "avx512" && __builtin_cpu_supports("avx512vnni")),
         scratch_(pool_.size()) {}
 
   std::string name() const override { return "cpu"; }
@@ -83,7 +84,12 @@ class CpuBackend final : public Backend {
     return std::string("cpu (") + k_->name + " kernels, " + std::to_string(pool_.size()) + " threads)";
   }
 
+  // f32 checkpoints stay f32 (they are kept for exactness: references, tests). 16-bit ones go to
+  // 8 bits where the integer kernels run (AVX-512 VNNI): 1.5-2.3× the speed of bf16 matrices on
+  // the shipped model for +0.07% bits/byte (README); elsewhere bf16 (f16 widened to f32).
   DType default_matrix_dtype(DType file_dtype) const override {
+    if (file_dtype == DType::F32) return DType::F32;
+    if (fast_q8_) return DType::Q8;
     return file_dtype == DType::BF16 ? DType::BF16 : DType::F32;
   }
   bool supports_kv_dtype(DType t) const override { return t == DType::F32 || t == DType::BF16 || t == DType::Q8; }
@@ -530,6 +536,7 @@ class CpuBackend final : public Backend {
 
   ThreadPool pool_;
   const CpuKernels* k_;
+  bool fast_q8_;  // the 8-bit matmul and attention kernels run with vpdpbusd
   std::vector<std::vector<float>> scratch_;
   std::vector<AttnTask> tasks_;
   std::vector<Merge> merges_;
