@@ -420,27 +420,31 @@ class CpuBackend final : public Backend {
     const float* row = p.qkv + int64_t(sp.tok_start + t) * p.qkv_stride;
     const float* k = row + int64_t(p.n_heads) * p.head_dim;
     const float* v = k + kvw;
-    // Keys transposed by group of slots (see k_offset), values row-major.
+    // Keys transposed by group of slots (see k_offset), values grouped by head (v_offset).
+    const int64_t hd = p.head_dim;
     if (p.kv_dtype == DType::Q8) {
       int8_t* kd = static_cast<int8_t*>(p.k_cache);
-      int8_t* vd = static_cast<int8_t*>(p.v_cache) + slot * kvw;
+      int8_t* vd = static_cast<int8_t*>(p.v_cache);
       float q[kMaxHeadDim];
       for (int32_t g = 0; g < p.n_kv_heads; ++g) {
-        const int64_t e0 = int64_t(g) * p.head_dim;
+        const int64_t e0 = int64_t(g) * hd;
         p.k_scale[k_offset(slot, g, p.n_kv_heads)] = q8_row(k + e0, p.head_dim, q);
         for (int d = 0; d < p.head_dim; ++d) kd[k_offset(slot, e0 + d, kvw)] = int8_t(q[d]);
         p.v_scale[k_offset(slot, g, p.n_kv_heads)] = q8_row(v + e0, p.head_dim, q);
-        for (int d = 0; d < p.head_dim; ++d) vd[e0 + d] = int8_t(q[d]);
+        int8_t* vrow = vd + v_offset(slot, e0, kvw, hd);
+        for (int d = 0; d < p.head_dim; ++d) vrow[d] = int8_t(q[d]);
       }
     } else if (p.kv_dtype == DType::BF16) {
       uint16_t* kd = static_cast<uint16_t*>(p.k_cache);
-      uint16_t* vd = static_cast<uint16_t*>(p.v_cache) + slot * kvw;
+      uint16_t* vd = static_cast<uint16_t*>(p.v_cache);
       for (int64_t i = 0; i < kvw; ++i) kd[k_offset(slot, i, kvw)] = f32_to_bf16(k[i]);
-      for (int64_t i = 0; i < kvw; ++i) vd[i] = f32_to_bf16(v[i]);
+      for (int64_t i = 0; i < kvw; ++i) vd[v_offset(slot, i, kvw, hd)] = f32_to_bf16(v[i]);
     } else {
       float* kd = static_cast<float*>(p.k_cache);
       for (int64_t i = 0; i < kvw; ++i) kd[k_offset(slot, i, kvw)] = k[i];
-      std::memcpy(static_cast<float*>(p.v_cache) + slot * kvw, v, size_t(kvw) * 4);
+      for (int32_t g = 0; g < p.n_kv_heads; ++g)
+        std::memcpy(static_cast<float*>(p.v_cache) + v_offset(slot, int64_t(g) * hd, kvw, hd), v + int64_t(g) * hd,
+                    size_t(hd) * 4);
     }
   }
 

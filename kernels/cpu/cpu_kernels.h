@@ -31,6 +31,13 @@ constexpr int kPanel = 64;
 static inline int64_t k_offset(int64_t slot, int64_t e, int64_t kv_width) {
   return (slot / kKvGroup) * kKvGroup * kv_width + e * kKvGroup + slot % kKvGroup;
 }
+// Values are grouped by KV head inside a group of slots: element e (head e / hd, dim e % hd) of
+// slot s lives at (s / 64) * 64 * kv_width + (e / hd) * 64 * hd + (s % 64) * hd + e % hd, so a
+// tile's values of one head are one contiguous [64][hd] block (a sequential stream for decode,
+// which reads each tile once from memory).
+static inline int64_t v_offset(int64_t slot, int64_t e, int64_t kv_width, int64_t hd) {
+  return (slot / kKvGroup) * kKvGroup * kv_width + (e / hd) * kKvGroup * hd + (slot % kKvGroup) * hd + e % hd;
+}
 
 // 8-bit KV rows (DType::Q8): n values x become q = round(x · 127 / amax) (as floats) with the
 // row's scale amax / 127, so q · scale ≈ x. All zero with scale 0 when amax is 0 or not finite.

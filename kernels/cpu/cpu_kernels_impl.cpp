@@ -706,7 +706,7 @@ inline float load_kv(const AttnCtx& c, int32_t j, int which, float* dst, int64_t
   const int64_t e0 = int64_t(c.g) * hd;
   const void* cache = which == 0 ? p.k_cache : p.v_cache;
   for (int d = 0; d < hd; ++d) {
-    const int64_t o = which == 0 ? k_offset(slot, e0 + d, kvw) : slot * kvw + e0 + d;
+    const int64_t o = which == 0 ? k_offset(slot, e0 + d, kvw) : v_offset(slot, e0 + d, kvw, hd);
     dst[d * stride] = q8     ? float(static_cast<const int8_t*>(cache)[o])
                       : bf16 ? bf16f(static_cast<const uint16_t*>(cache)[o])
                              : static_cast<const float*>(cache)[o];
@@ -761,7 +761,7 @@ inline void copy_kv_run(const AttentionParams& p, int64_t base, int g, int a, in
       for (int d = 0; d < hd; ++d) dst[d] = 0.0f;
       continue;
     }
-    const int64_t o = (base + c) * kvw + int64_t(g) * hd;
+    const int64_t o = v_offset(base + c, int64_t(g) * hd, kvw, hd);
     if (q8) {
       const int8_t* src = static_cast<const int8_t*>(p.v_cache) + o;
       int d = 0;
@@ -982,8 +982,8 @@ void attention_task(const AttentionParams& p, const AttnTask& task, float* scrat
       const bool direct = base >= 0 && c_hi == hi;
       if (direct) {
         const int64_t kg = (base / kKeyTile) * kKeyTile * kvw + int64_t(task.g) * hd * kKeyTile;
-        const int64_t vg = base * kvw + int64_t(task.g) * hd;
-        ldv = kvw;
+        const int64_t vg = v_offset(base, int64_t(task.g) * hd, kvw, hd);
+        ldv = hd;
         if (q8 && rows > kMR) {
           // Many rows (a prefill chunk): widen the tile once rather than once per row block; the
           // keys only where no integer kernel reads them in place.
