@@ -462,7 +462,7 @@ inline __m512i dpbusd(__m512i acc, __m512i w_u8, __m512i x_s8) {
   return acc;
 }
 
-// 24 accumulators, 4 weight registers and a broadcast. Runs only where kHasVnni.
+// 24 accumulators, 4 weight registers and a broadcast. Runs only where has_vnni().
 template <int MR>
 void mk_q8w_vnni(const int8_t* xq, int64_t ldq, const float* xs, const int32_t* xsum, const uint8_t* b, int64_t Kq,
                  const float* ws, float* c, int64_t ldc, int nvalid, const float* bias, bool accumulate) {
@@ -499,7 +499,15 @@ void mk_q8w_vnni(const int8_t* xq, int64_t ldq, const float* xs, const int32_t* 
   }
 }
 
-const bool kHasVnni = __builtin_cpu_supports("avx512vnni");
+// Whether this CPU runs vpdpbusd (asked once; __builtin_cpu_init first, as this may run before
+// libgcc's own initialiser).
+bool has_vnni() {
+  static const bool yes = [] {
+    __builtin_cpu_init();
+    return bool(__builtin_cpu_supports("avx512vnni"));
+  }();
+  return yes;
+}
 #endif
 
 template <int MR>
@@ -513,7 +521,7 @@ void gemm_q8_rows(const GemmArgs& g, int64_t m, int64_t p0, int64_t p1) {
     const float* ws = g.w_scale + p * kPanel;
     float* c = g.out + m * g.ldo + p * kPanel;
 #if defined(__AVX512F__)
-    if (kHasVnni) {
+    if (has_vnni()) {
       mk_q8w_vnni<MR>(g.xq + m * ldq, ldq, g.x_scale + m, g.x_sum + m, panel, g.Kq, ws, c, g.ldo, nvalid, bias,
                       g.accumulate);
       continue;
@@ -840,7 +848,7 @@ void stage_tile(const AttentionParams& p, int32_t s, int32_t g, int32_t jb, floa
 // integer sums Σ q·k, into sc [rows][kKeyTile] as floats. Four rows of keys (dims d..d+3) are
 // interleaved into 32-bit lanes of four consecutive dims per key (vpdpbusd's operand), the keys
 // made unsigned by flipping their sign bit (k + 128), and 128·Σq taken back out at the end.
-// Runs only where kHasVnni, for hd a multiple of 4.
+// Runs only where has_vnni(), for hd a multiple of 4.
 template <int MR>
 void qk_q8_vnni(const int8_t* q, int hd, const int32_t* qsum, const int8_t* kt, float* sc) {
   __m512i acc[MR][4];
@@ -937,7 +945,7 @@ void attention_task(const AttentionParams& p, const AttnTask& task, float* scrat
   // floats, whose products with 8-bit keys sum exactly in f32 (|Σ| ≤ 127² · 512 < 2²⁴), so the
   // f32 tiles and the integer kernel give the same sums.
 #if defined(__AVX512F__)
-  const bool q8_int_keys = q8 && kHasVnni && hd % 4 == 0;  // qk_q8_tile reads 8-bit keys in place
+  const bool q8_int_keys = q8 && has_vnni() && hd % 4 == 0;  // qk_q8_tile reads 8-bit keys in place
 #else
   const bool q8_int_keys = false;
 #endif
