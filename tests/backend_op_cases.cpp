@@ -301,6 +301,11 @@ std::vector<OpCase> q8_weight_cases() {
   return c;
 }
 
+std::vector<OpCase> attention_cases_extra(DType kv) {
+  return {attention_case(false, 0, 6, 2, 96, kv), attention_case(true, 2, 5, 1, 80, kv, true),
+          attention_case(false, 0, 3, 1, 112, kv, true), attention_case(true, 0, 4, 2, 18, kv)};
+}
+
 std::vector<OpCase> attention_cases(DType kv) {
   return {attention_case(false, 0, 4, 4, 16, kv), attention_case(true, 0, 4, 2, 32, kv),
           attention_case(true, 3, 8, 2, 64, kv), attention_case(false, 0, 6, 1, 128, kv),

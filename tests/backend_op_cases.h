@@ -22,6 +22,10 @@ std::vector<OpCase> backend_op_cases();
 // The attention cases with their cache in `kv_dtype` (Q8 is CPU-only, so backend_op_cases, which
 // every backend runs, leaves it out).
 std::vector<OpCase> attention_cases(DType kv_dtype);
+// More attention shapes for the CPU's 8-bit paths: 3 and 5 query heads per KV head (every row
+// count of the integer score kernel), head_dim 80/96/112 and one not divisible by 4 (the f32
+// fallback of the integer scores).
+std::vector<OpCase> attention_cases_extra(DType kv_dtype);
 
 // Matmul and embed with 8-bit weights (CPU only): the same shapes as backend_op_cases' f32 and
 // bf16 ones, plus a 16-row decode batch.

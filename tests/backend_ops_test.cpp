@@ -24,21 +24,24 @@ TEST_CASE("every CPU kernel variant computes every op like the portable one", "[
   }
 }
 
-// An 8-bit cache rounds every key and value to 8 bits with a scale per row of head_dim: against the
-// same cases with an f32 cache the outputs move by the rounding (|error| ≤ amax/254 per element,
-// ~1e-5 in nmse after attention averages it), and every variant and thread count agrees.
+// An 8-bit cache rounds every key and value to 8 bits with a scale per row of head_dim, and the
+// queries the same way: against the same cases with an f32 cache the outputs move by the rounding
+// (|error| ≤ amax/254 per element; 1e-5 to 1.1e-4 in nmse after attention, more for wider heads
+// whose scores sum more rounded products), and every variant and thread count agrees.
 TEST_CASE("attention over a Q8 cache: close to f32, the same on every variant and thread count", "[backend-ops]") {
   auto ref = make_cpu_backend(2, "base");
   auto one = make_cpu_backend(1);
   auto f32 = test::attention_cases(DType::F32);
   auto q8 = test::attention_cases(DType::Q8);
+  for (auto& c : test::attention_cases_extra(DType::F32)) f32.push_back(std::move(c));
+  for (auto& c : test::attention_cases_extra(DType::Q8)) q8.push_back(std::move(c));
   REQUIRE(f32.size() == q8.size());
   for (size_t i = 0; i < q8.size(); ++i) {
     const auto& c = q8[i];
     std::vector<float> want = c.run(*ref);
     const double e = test::nmse(want, f32[i].run(*ref));
     INFO(c.name << ": nmse against the f32 cache " << e);
-    CHECK(e <= 1e-4);
+    CHECK(e <= 3e-4);
     CHECK(e > 0.0);  // the values were really rounded
     for (const auto& isa : cpu_isa_variants()) {
       INFO(isa);
@@ -136,14 +139,14 @@ TEST_CASE("matmul with 8-bit weights: the exact products of the 8-bit values", "
   }
 }
 
-TEST_CASE("8-bit weights: every variant and thread count like the portable one", "[backend-ops]") {
+TEST_CASE("8-bit weights: every variant and thread count gives the portable one's bits", "[backend-ops]") {
   auto ref = make_cpu_backend(2, "base");
   auto one = make_cpu_backend(1);
   for (const auto& c : test::q8_weight_cases()) {
     std::vector<float> want = c.run(*ref);
     for (const auto& isa : cpu_isa_variants()) {
       INFO(c.name << " on " << isa);
-      CHECK(test::nmse(c.run(*make_cpu_backend(2, isa)), want) <= c.max_nmse);
+      CHECK(test::nmse(c.run(*make_cpu_backend(2, isa)), want) == 0.0);  // integer sums, one fused scaling
     }
     INFO(c.name);
     const std::vector<float> alone = c.run(*one);

@@ -65,6 +65,7 @@ std::vector<Case> cases() {
       {"bf16 kv cache", tiny_config("LLLG", 8, 2), DType::BF16},
       {"q8 kv cache", tiny_config("LLLG", 8, 2), DType::Q8},
       {"q8 weights", tiny_config("LLLG", 8, 2), DType::BF16, DType::Q8},
+      {"q8 weights and q8 kv cache (the CPU default)", tiny_config("LG", 12, 0, 6, 2, 24), DType::Q8, DType::Q8},
   };
 }
 

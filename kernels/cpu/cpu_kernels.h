@@ -25,7 +25,7 @@ namespace hyco::cpu {
 constexpr int kPanel = 64;
 // Keys in the CPU cache are stored transposed by group of kKvGroup slots: element e (of
 // kv_width) of slot s lives at (s / 64) * 64 * kv_width + e * 64 + s % 64, so a tile of 64
-// consecutive positions is a ready [kv_width][64] matrix for QKᵀ. Values stay row-major. The
+// consecutive positions is a ready [kv_width][64] matrix for QKᵀ. Values: see v_offset. The
 // scales of a Q8 cache (one per slot and kv head, for keys and for values) are transposed the same
 // way (kv_width = n_kv_heads), so a tile's 64 scales of one head are contiguous.
 static inline int64_t k_offset(int64_t slot, int64_t e, int64_t kv_width) {
@@ -49,7 +49,8 @@ static inline float q8_row(const float* x, int n, float* q) {
     const float a = x[i] < 0.0f ? -x[i] : x[i];
     amax = a > amax ? a : amax;
   }
-  const bool ok = amax > 0.0f && amax <= 3.4028234663852886e38f;
+  // (127 / amax must be finite too: a row of magnitudes below ~3.7e-37 is all zero.)
+  const bool ok = amax > 0.0f && amax <= 3.4028234663852886e38f && 127.0f / amax <= 3.4028234663852886e38f;
   const float inv = ok ? 127.0f / amax : 0.0f;
   for (int i = 0; i < n; ++i) {
     // cvtss2si rounds to nearest even (one instruction everywhere, no libm call).

@@ -390,7 +390,7 @@ void quantize_rows(const float* x, int64_t ldx, int64_t K, int64_t Kq, int8_t* q
       const float a = xr[k] < 0.0f ? -xr[k] : xr[k];
       amax = a > amax ? a : amax;
     }
-    const bool ok = amax > 0.0f && amax <= 3.4028234663852886e38f;
+    const bool ok = amax > 0.0f && amax <= 3.4028234663852886e38f && 127.0f / amax <= 3.4028234663852886e38f;
     const float inv = ok ? 127.0f / amax : 0.0f;
     int32_t total = 0;
     k = 0;
@@ -419,15 +419,16 @@ void quantize_rows(const float* x, int64_t ldx, int64_t K, int64_t Kq, int8_t* q
   }
 }
 
-// out = (acc − 128·x_sum) · (x_scale · w_scale) (+ bias) (+ out), for a tile of integer sums.
+// out = fma(acc − 128·x_sum, x_scale · w_scale, bias or 0) (+ out), for a tile of integer sums.
+// One fused step, written as such in every kernel, so that no variant's compiler contracts a
+// product and a sum differently (the results are the same bits on every variant).
 inline void store_q8_tile(const int32_t* acc, int mr, const float* xs, const int32_t* xsum, const float* ws, float* c,
                           int64_t ldc, int nvalid, const float* bias, bool accumulate) {
   for (int r = 0; r < mr; ++r) {
     float* cr = c + r * ldc;
     for (int j = 0; j < nvalid; ++j) {
       const float s = xs[r] * ws[j];
-      float v = float(acc[r * kPanel + j] - 128 * xsum[r]) * s;
-      if (bias) v = v + bias[j];
+      const float v = __builtin_fmaf(float(acc[r * kPanel + j] - 128 * xsum[r]), s, bias ? bias[j] : 0.0f);
       cr[j] = accumulate ? cr[j] + v : v;
     }
   }
@@ -490,8 +491,8 @@ void mk_q8w_vnni(const int8_t* xq, int64_t ldq, const float* xs, const int32_t* 
       if (n <= 0) break;
       const __mmask16 m = n >= 16 ? __mmask16(0xffff) : __mmask16((1u << n) - 1);
       const __m512 s = _mm512_mul_ps(sx, _mm512_loadu_ps(ws + v * 16));
-      __m512 x = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(acc[r][v], off)), s);
-      if (bias) x = _mm512_add_ps(x, _mm512_maskz_loadu_ps(m, bias + v * 16));
+      const __m512 b = bias ? _mm512_maskz_loadu_ps(m, bias + v * 16) : _mm512_setzero_ps();
+      __m512 x = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(acc[r][v], off)), s, b);
       float* dst = c + r * ldc + v * 16;
       if (accumulate) x = _mm512_add_ps(_mm512_maskz_loadu_ps(m, dst), x);
       _mm512_mask_storeu_ps(dst, m, x);
