@@ -77,8 +77,10 @@ void CompletionService::load() {
                  "memory: under load the server may be killed for lack of memory (lower --kv-memory, --ctx or --parallel)",
                  double(kv_->bytes_total()) / 1048576.0, double(model_->weight_bytes()) / 1048576.0, ram / 1048576.0);
   sched_ = std::make_unique<Scheduler>(*model_, *kv_, tok_.get(), opts_.scheduler);
-  spdlog::info("model {} ready: {} ({:.1f} M parameters, pattern {}), {}, context {}, KV {:.1f} MiB for {} sequences, FIM {}",
-               name_, c.architecture, double(c.n_params()) / 1e6, c.pattern_string(), backend_->describe(), kv_->n_ctx(),
+  spdlog::info("model {} ready: {} ({:.1f} M parameters, pattern {}), {}, matrices {}, context {}, KV {} {:.1f} MiB "
+               "for {} sequences, FIM {}",
+               name_, c.architecture, double(c.n_params()) / 1e6, c.pattern_string(), backend_->describe(),
+               dtype_name(model_->matrix_dtype()), kv_->n_ctx(), dtype_name(kc.dtype),
                double(kv_->bytes_total()) / 1048576.0, kc.n_seqs, fim_family_name(fim_.family));
   ready_ = true;
 }
