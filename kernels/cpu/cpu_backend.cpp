@@ -76,7 +76,7 @@ class CpuBackend final : public Backend {
   CpuBackend(int n_threads, const std::string& isa)
       : pool_(n_threads > 0 ? n_threads : int(std::max(1u, std::thread::hardware_concurrency()))),
         k_(&pick_kernels(isa)),
-        fast_q8_(std::string(k_->name) == "avx512" && __builtin_cpu_supports("avx512vnni")),
+        fast_q8_(k_->fast_q8()),
         scratch_(pool_.size()) {}
 
   std::string name() const override { return "cpu"; }
@@ -122,19 +122,17 @@ class CpuBackend final : public Backend {
       const int64_t Kq = (K + 3) / 4;
       const int64_t panel_bytes = Kq * 4 * kPanel;
       t.dtype = DType::Q8;
-      t.owner = raw_alloc(size_t(P * panel_bytes + P * kPanel * 4));
+      t.owner = raw_alloc(size_t(q8w_scales_offset(P, Kq) + P * kPanel * 4));
       t.data = t.owner.get();
       uint8_t* w = static_cast<uint8_t*>(t.data);
-      float* scales = reinterpret_cast<float*>(w + P * panel_bytes);
+      float* scales = reinterpret_cast<float*>(w + q8w_scales_offset(P, Kq));
       pool_.run_tasks(P, [&](int64_t p, int) {
-        uint8_t* panel = w + p * panel_bytes;
-        std::memset(panel, 128, size_t(panel_bytes));
+        std::memset(w + p * panel_bytes, 128, size_t(panel_bytes));
         std::vector<float> col(static_cast<size_t>(K)), q(static_cast<size_t>(K));
         for (int64_t n = p * kPanel; n < std::min(N, (p + 1) * kPanel); ++n) {
           for (int64_t k = 0; k < K; ++k) col[size_t(k)] = load_as_f32(src.data, src.dtype, n * K + k);
           scales[n] = q8_row(col.data(), int(K), q.data());
-          for (int64_t k = 0; k < K; ++k)
-            panel[(k / 4) * 4 * kPanel + (n % kPanel) * 4 + k % 4] = uint8_t(int(q[size_t(k)]) + 128);
+          for (int64_t k = 0; k < K; ++k) w[q8w_offset(n, k, Kq)] = uint8_t(int(q[size_t(k)]) + 128);
         }
       });
     } else if (dtype == DType::BF16) {
@@ -192,11 +190,9 @@ class CpuBackend final : public Backend {
         for (int64_t k = 0; k < K; ++k) o[k] = load_as_f32(table.data, table.dtype, n * K + k);
       } else if (table.dtype == DType::Q8) {
         const int64_t Kq = (K + 3) / 4;
-        const uint8_t* base = static_cast<const uint8_t*>(table.data);
-        const uint8_t* panel = base + (n / kPanel) * Kq * 4 * kPanel;
-        const float scale = reinterpret_cast<const float*>(base + n_panels(table.rows) * Kq * 4 * kPanel)[n];
-        for (int64_t k = 0; k < K; ++k)
-          o[k] = float(int(panel[(k / 4) * 4 * kPanel + (n % kPanel) * 4 + k % 4]) - 128) * scale;
+        const uint8_t* w = static_cast<const uint8_t*>(table.data);
+        const float scale = reinterpret_cast<const float*>(w + q8w_scales_offset(n_panels(table.rows), Kq))[n];
+        for (int64_t k = 0; k < K; ++k) o[k] = float(int(w[q8w_offset(n, k, Kq)]) - 128) * scale;
       } else if (table.dtype == DType::BF16) {
         const int64_t Kp = (K + 1) & ~int64_t(1);
         const uint16_t* panel = static_cast<const uint16_t*>(table.data) + (n / kPanel) * Kp * kPanel;
@@ -238,7 +234,7 @@ class CpuBackend final : public Backend {
       // The activations to 8 bits, once for all the panels.
       g.Kq = (g.K + 3) / 4;
       gemm = k_->gemm_q8;
-      g.w_scale = reinterpret_cast<const float*>(static_cast<const uint8_t*>(w.data) + P * g.Kq * 4 * kPanel);
+      g.w_scale = reinterpret_cast<const float*>(static_cast<const uint8_t*>(w.data) + q8w_scales_offset(P, g.Kq));
       if (xq_.size() < size_t(g.M * g.Kq * 4)) xq_.resize(size_t(g.M * g.Kq * 4));
       if (x_scale_.size() < size_t(g.M)) {
         x_scale_.resize(size_t(g.M));

@@ -23,6 +23,13 @@ namespace hyco::cpu {
 //         operand layout of AVX-512 VNNI's vpdpbusd.
 // Padding rows/columns are zero (for q8: the byte 128, value 0).
 constexpr int kPanel = 64;
+
+// q8 matrices (layout above): the byte of element (n, k), counted from the first panel, and where
+// the column scales start; Kq = ceil(K / 4), P = the number of panels.
+static inline int64_t q8w_offset(int64_t n, int64_t k, int64_t Kq) {
+  return (n / kPanel) * Kq * 4 * kPanel + (k / 4) * 4 * kPanel + (n % kPanel) * 4 + k % 4;
+}
+static inline int64_t q8w_scales_offset(int64_t P, int64_t Kq) { return P * Kq * 4 * kPanel; }
 // Keys in the CPU cache are stored transposed by group of kKvGroup slots: element e (of
 // kv_width) of slot s lives at (s / 64) * 64 * kv_width + e * 64 + s % 64, so a tile of 64
 // consecutive positions is a ready [kv_width][64] matrix for QKᵀ. Values: see v_offset. The
@@ -122,6 +129,9 @@ struct CpuKernels {
   void (*gemm_q8)(const GemmArgs& a, int64_t p0, int64_t p1, int64_t m0, int64_t m1);
   // Rows [r0, r1) of x [.., K] (row stride ldx) to 8-bit with q8_row's steps: q[r] (4*Kq bytes,
   // zero past K), scale[r], sum[r] = Σ q[r].
+  // Whether gemm_q8 and the 8-bit attention scores run on integer dot-product instructions
+  // (vpdpbusd) here, rather than as plain loops slower than bf16.
+  bool (*fast_q8)();
   void (*quantize_rows)(const float* x, int64_t ldx, int64_t K, int64_t Kq, int8_t* q, float* scale, int32_t* sum,
                         int64_t r0, int64_t r1);
   void (*attention_task)(const AttentionParams& p, const AttnTask& t, float* scratch);

@@ -511,10 +511,21 @@ bool has_vnni() {
 }
 #endif
 
+bool fast_q8() {
+#if defined(__AVX512F__)
+  return has_vnni();
+#else
+  return false;
+#endif
+}
+
 template <int MR>
 void gemm_q8_rows(const GemmArgs& g, int64_t m, int64_t p0, int64_t p1) {
   const uint8_t* w = static_cast<const uint8_t*>(g.w);
   const int64_t ldq = 4 * g.Kq;
+#if defined(__AVX512F__)
+  const bool vnni = has_vnni();
+#endif
   for (int64_t p = p0; p < p1; ++p) {
     const int nvalid = int(imin(kPanel, g.N - p * kPanel));
     const uint8_t* panel = w + p * g.Kq * 4 * kPanel;
@@ -522,7 +533,7 @@ void gemm_q8_rows(const GemmArgs& g, int64_t m, int64_t p0, int64_t p1) {
     const float* ws = g.w_scale + p * kPanel;
     float* c = g.out + m * g.ldo + p * kPanel;
 #if defined(__AVX512F__)
-    if (has_vnni()) {
+    if (vnni) {
       mk_q8w_vnni<MR>(g.xq + m * ldq, ldq, g.x_scale + m, g.x_sum + m, panel, g.Kq, ws, c, g.ldo, nvalid, bias,
                       g.accumulate);
       continue;
@@ -844,14 +855,14 @@ void stage_tile(const AttentionParams& p, int32_t s, int32_t g, int32_t jb, floa
 }
 
 #if defined(__AVX512F__)
-// Scores of `rows` 8-bit query rows (q: [rows][hd] signed) against a tile of 8-bit keys of a Q8
+// Scores of `rows` 8-bit query rows (q: rows of hd signed bytes, ldq apart) against a tile of 8-bit keys of a Q8
 // cache read in place (kt: [hd][kKeyTile] bytes, the cache's transposed layout), as the exact
 // integer sums Σ q·k, into sc [rows][kKeyTile] as floats. Four rows of keys (dims d..d+3) are
 // interleaved into 32-bit lanes of four consecutive dims per key (vpdpbusd's operand), the keys
 // made unsigned by flipping their sign bit (k + 128), and 128·Σq taken back out at the end.
 // Runs only where has_vnni(), for hd a multiple of 4.
 template <int MR>
-void qk_q8_vnni(const int8_t* q, int hd, const int32_t* qsum, const int8_t* kt, float* sc) {
+void qk_q8_vnni(const int8_t* q, int64_t ldq, int hd, const int32_t* qsum, const int8_t* kt, float* sc) {
   __m512i acc[MR][4];
   for (int r = 0; r < MR; ++r)
     for (int j = 0; j < 4; ++j) acc[r][j] = _mm512_setzero_si512();
@@ -872,7 +883,7 @@ void qk_q8_vnni(const int8_t* q, int hd, const int32_t* qsum, const int8_t* kt, 
     c[3] = _mm512_unpackhi_epi16(b01h, b23h);
     for (int r = 0; r < MR; ++r) {
       int32_t q4;
-      std::memcpy(&q4, q + int64_t(r) * hd + d, 4);
+      std::memcpy(&q4, q + r * ldq + d, 4);
       const __m512i qv = _mm512_set1_epi32(q4);
       for (int j = 0; j < 4; ++j) acc[r][j] = dpbusd(acc[r][j], c[j], qv);
     }
@@ -890,15 +901,15 @@ void qk_q8_vnni(const int8_t* q, int hd, const int32_t* qsum, const int8_t* kt, 
   }
 }
 
-void qk_q8_tile(int rows, const int8_t* q, int hd, const int32_t* qsum, const int8_t* kt, float* sc) {
+void qk_q8_tile(int rows, const int8_t* q, int64_t ldq, int hd, const int32_t* qsum, const int8_t* kt, float* sc) {
   int r = 0;
-  for (; r + kMR <= rows; r += kMR) qk_q8_vnni<kMR>(q + int64_t(r) * hd, hd, qsum + r, kt, sc + r * kKeyTile);
+  for (; r + kMR <= rows; r += kMR) qk_q8_vnni<kMR>(q + r * ldq, ldq, hd, qsum + r, kt, sc + r * kKeyTile);
   switch (rows - r) {
-    case 5: qk_q8_vnni<5>(q + int64_t(r) * hd, hd, qsum + r, kt, sc + r * kKeyTile); break;
-    case 4: qk_q8_vnni<4>(q + int64_t(r) * hd, hd, qsum + r, kt, sc + r * kKeyTile); break;
-    case 3: qk_q8_vnni<3>(q + int64_t(r) * hd, hd, qsum + r, kt, sc + r * kKeyTile); break;
-    case 2: qk_q8_vnni<2>(q + int64_t(r) * hd, hd, qsum + r, kt, sc + r * kKeyTile); break;
-    case 1: qk_q8_vnni<1>(q + int64_t(r) * hd, hd, qsum + r, kt, sc + r * kKeyTile); break;
+    case 5: qk_q8_vnni<5>(q + r * ldq, ldq, hd, qsum + r, kt, sc + r * kKeyTile); break;
+    case 4: qk_q8_vnni<4>(q + r * ldq, ldq, hd, qsum + r, kt, sc + r * kKeyTile); break;
+    case 3: qk_q8_vnni<3>(q + r * ldq, ldq, hd, qsum + r, kt, sc + r * kKeyTile); break;
+    case 2: qk_q8_vnni<2>(q + r * ldq, ldq, hd, qsum + r, kt, sc + r * kKeyTile); break;
+    case 1: qk_q8_vnni<1>(q + r * ldq, ldq, hd, qsum + r, kt, sc + r * kKeyTile); break;
     default: break;
   }
 }
@@ -952,16 +963,13 @@ void attention_task(const AttentionParams& p, const AttnTask& task, float* scrat
 #endif
   float qs[kMaxRows];
   int32_t qsum[kMaxRows];
+  const int64_t ldq8 = (hd + 3) / 4 * 4;  // 8-bit query rows as quantize_rows writes them
   int8_t q8v[kMaxRows * kMaxHeadDim];
-  if (q8)
-    for (int r = 0; r < rows; ++r) {
-      qs[r] = q8_row(Q + r * hd, hd, Q + r * hd);
-      qsum[r] = 0;
-      for (int d = 0; d < hd; ++d) {
-        q8v[r * hd + d] = int8_t(Q[r * hd + d]);
-        qsum[r] += int32_t(Q[r * hd + d]);
-      }
-    }
+  if (q8) {
+    quantize_rows(Q, hd, hd, ldq8 / 4, q8v, qs, qsum, 0, rows);
+    for (int r = 0; r < rows; ++r)
+      for (int d = 0; d < hd; ++d) Q[r * hd + d] = float(q8v[r * ldq8 + d]);
+  }
 
   // Keys [j0, j1) in tiles aligned to absolute multiples of kKeyTile, so that a query sees the
   // same tiles whether it is decoded alone, inside a prefill chunk, or split over threads.
@@ -996,9 +1004,8 @@ void attention_task(const AttentionParams& p, const AttnTask& task, float* scrat
         if (q8 && rows > kMR) {
           // Many rows (a prefill chunk): widen the tile once rather than once per row block; the
           // keys only where no integer kernel reads them in place.
-          const bool int_keys = q8_int_keys;
-          copy_kv_run(p, base, task.g, 0, kKeyTile, KT, V, hdp, KS, VS, !int_keys);
-          if (int_keys) kt8 = static_cast<const int8_t*>(p.k_cache) + kg;
+          copy_kv_run(p, base, task.g, 0, kKeyTile, KT, V, hdp, KS, VS, !q8_int_keys);
+          if (q8_int_keys) kt8 = static_cast<const int8_t*>(p.k_cache) + kg;
           ldv = hdp;
         } else if (q8) {
           kt8 = static_cast<const int8_t*>(p.k_cache) + kg;
@@ -1028,7 +1035,7 @@ void attention_task(const AttentionParams& p, const AttnTask& task, float* scrat
       } else if (kt8) {
 #if defined(__AVX512F__)
         if (q8_int_keys)
-          qk_q8_tile(rows, q8v, hd, qsum, kt8, Sc);
+          qk_q8_tile(rows, q8v, ldq8, hd, qsum, kt8, Sc);
         else
 #endif
           tile_gemm(rows, Q, hd, kt8, ldk, hd, kKeyTile, Sc, kKeyTile, false);
@@ -1150,6 +1157,7 @@ const CpuKernels HYCO_CAT(kKernels, HYCO_CPU_TABLE) = {
     HYCO_CPU_VARIANT::gemm_f32,
     HYCO_CPU_VARIANT::gemm_bf16,
     HYCO_CPU_VARIANT::gemm_q8,
+    HYCO_CPU_VARIANT::fast_q8,
     HYCO_CPU_VARIANT::quantize_rows,
     HYCO_CPU_VARIANT::attention_task,
     HYCO_CPU_VARIANT::stage_tile,
