@@ -8,6 +8,7 @@
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
+#include <functional>
 #include <mutex>
 #include <optional>
 #include <string>
@@ -85,11 +86,17 @@ class EventSignal {
   void notify();
   // Until count() differs from `seen`, or `timeout`.
   void wait(uint64_t seen, std::chrono::milliseconds timeout);
+  // Also calls `wake` on every later notify (a reader that sleeps in poll() rather than in
+  // wait()); an empty function stops that. NOTE: `wake` runs on the notifier's thread (the
+  // scheduler's) under this signal's lock, so it must be quick, and once set_waker({}) returns
+  // it is never called again.
+  void set_waker(std::function<void()> wake);
 
  private:
   mutable std::mutex mu_;
   std::condition_variable cv_;
   uint64_t n_ = 0;
+  std::function<void()> wake_;
 };
 
 // Shared by the submitting thread and the scheduler. The client reads events until a Finish;
@@ -101,6 +108,8 @@ class RequestHandle {
 
   // Next event, or nullopt after `timeout` with none.
   std::optional<Event> next(std::chrono::milliseconds timeout);
+  // Next event if there is one now (never sleeps, never enters the condition variable).
+  std::optional<Event> try_next();
   // Every later event also notifies `s`, or only the Finish with `finish_only` (a reader that
   // sends nothing before the end need not wake for each token); so does one already waiting.
   void set_signal(std::shared_ptr<EventSignal> s, bool finish_only = false);

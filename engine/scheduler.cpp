@@ -29,6 +29,14 @@ std::optional<Event> RequestHandle::next(std::chrono::milliseconds timeout) {
   return e;
 }
 
+std::optional<Event> RequestHandle::try_next() {
+  std::lock_guard<std::mutex> lk(mu_);
+  if (events_.empty()) return std::nullopt;
+  Event e = std::move(events_.front());
+  events_.pop_front();
+  return e;
+}
+
 void RequestHandle::set_signal(std::shared_ptr<EventSignal> s, bool finish_only) {
   bool pending;
   {
@@ -62,8 +70,14 @@ void EventSignal::notify() {
   {
     std::lock_guard<std::mutex> lk(mu_);
     ++n_;
+    if (wake_) wake_();
   }
   cv_.notify_all();
+}
+
+void EventSignal::set_waker(std::function<void()> wake) {
+  std::lock_guard<std::mutex> lk(mu_);
+  wake_ = std::move(wake);
 }
 
 void EventSignal::wait(uint64_t seen, std::chrono::milliseconds timeout) {

@@ -25,6 +25,7 @@
 #include "engine/thread_name.h"
 #include "server/dialect.h"
 #include "server/json_fields.h"
+#include "server/stream_relay.h"
 
 namespace hyco {
 
@@ -303,11 +304,13 @@ struct HttpServer::Impl {
   Metrics& metrics;
   HttpOptions opts;
   GuardedServer svr;
+  StreamRelay relay;
   std::atomic<uint64_t> next_id{1};
   int bound_port = 0;
   int64_t started = unix_now();
 
-  Impl(CompletionService& s, Metrics& m, const HttpOptions& o) : svc(s), metrics(m), opts(o) {}
+  Impl(CompletionService& s, Metrics& m, const HttpOptions& o)
+      : svc(s), metrics(m), opts(o), relay(std::chrono::milliseconds(int64_t(o.read_timeout_s) * 1000)) {}
 
   ServiceInfo info() const {
     ServiceInfo i;
@@ -362,6 +365,7 @@ struct HttpServer::Impl {
     std::string id, route;
     std::chrono::steady_clock::time_point t0 = std::chrono::steady_clock::now();
     std::vector<Clock::time_point> last_chunk;
+    size_t n_done = 0;  // choices finished
   };
 
   template <class Parse>
@@ -420,23 +424,107 @@ struct HttpServer::Impl {
       res.set_header("Cache-Control", "no-cache");
       res.set_header("X-Accel-Buffering", "no");
     }
-    res.set_chunked_content_provider(type, [this, flow](size_t, httplib::DataSink& sink) { return pump(*flow, sink); });
+    res.set_chunked_content_provider(
+        type, [this, flow, &res](size_t, httplib::DataSink& sink) { return pump(*flow, sink, res); });
   }
+
+  using Write = std::function<bool(const std::string&)>;
 
   // One event, as an SSE "data:" block or an NDJSON line, written at once (one write per event:
   // a token is on its way as soon as it exists).
-  static bool write_event(const Flow& f, httplib::DataSink& sink, const json& j) {
+  static bool write_event(const Flow& f, const Write& write, const json& j) {
     std::string line = f.sse ? "data: " : "";
     line += j.dump(-1, ' ', false, json::error_handler_t::replace);
     line += f.sse ? "\n\n" : "\n";
-    return sink.write(line.data(), line.size());
+    return write(line);
   }
+
+  enum class Advance { Idle, Moved, Done, Gone };
+
+  // Takes every event its choices have now, without waiting: streaming, writes each as it comes;
+  // once every choice has finished, writes the end (the last events, or the whole body when not
+  // streaming). Gone when a write failed.
+  Advance advance(Flow& f, const Write& write) {
+    bool any = false;
+    for (size_t i = 0; i < f.handles.size(); ++i) {
+      ChoiceState& st = f.states[i];
+      if (st.finish) continue;
+      while (auto e = f.handles[i]->try_next()) {
+        any = true;
+        if (auto* c = std::get_if<Chunk>(&*e)) {
+          observe_gaps(f, i, *c);
+          st.text += c->text;
+          st.tokens.insert(st.tokens.end(), c->tokens.begin(), c->tokens.end());
+          st.prompt_tokens.insert(st.prompt_tokens.end(), c->prompt.begin(), c->prompt.end());
+          if (f.stream)
+            for (const json& j : f.fmt->on_chunk(int(i), *c, st))
+              if (!write_event(f, write, j)) return Advance::Gone;
+        } else {
+          st.finish = std::get<Finish>(*e);
+          ++f.n_done;
+          log_finish(f, st);
+          if (f.stream)
+            for (const json& j : f.fmt->on_finish(int(i), st))
+              if (!write_event(f, write, j)) return Advance::Gone;
+          break;
+        }
+      }
+    }
+    if (f.n_done < f.handles.size()) return any ? Advance::Moved : Advance::Idle;
+    if (f.stream) {
+      for (const json& j : f.fmt->on_end(f.states))
+        if (!write_event(f, write, j)) return Advance::Gone;
+      if (f.sse && !write("data: [DONE]\n\n")) return Advance::Gone;
+    } else if (!write(f.fmt->full(f.states).dump(-1, ' ', false, json::error_handler_t::replace))) {
+      return Advance::Gone;
+    }
+    return Advance::Done;
+  }
+
+  void client_gone(const Flow& f) {
+    for (auto& h : f.handles) h->cancel();
+    metrics.count_disconnect();
+    spdlog::info("{} {} client disconnected, cancelled", f.id, f.route);
+  }
+
+  // A streaming response as the relay sends it: each drain is one HTTP chunk.
+  struct RelayedFlow final : StreamRelay::Source {
+    Impl& impl;
+    Flow& f;
+    RelayedFlow(Impl& i, Flow& fl) : impl(i), f(fl) {}
+    bool drain(std::string& out) override {
+      std::string body;
+      const Advance a = impl.advance(f, [&](const std::string& s) { return body.append(s), true; });
+      if (!body.empty()) {
+        char size[24];
+        const int n = std::snprintf(size, sizeof size, "%zx\r\n", body.size());
+        out.append(size, size_t(n)).append(body).append("\r\n");
+      }
+      return a == Advance::Done;
+    }
+    void gone(const char* error) override {
+      if (!error) return impl.client_gone(f);
+      for (auto& h : f.handles) h->cancel();
+      spdlog::error("{} {}: response failed: {}", f.id, f.route, error);
+    }
+  };
 
   // Runs one response to its end; an exception here would reach std::terminate inside httplib's
   // content provider, so anything unexpected cancels the work and drops the connection.
-  bool pump(Flow& f, httplib::DataSink& sink) {
+  bool pump(Flow& f, httplib::DataSink& sink, const httplib::Response& res) {
     try {
-      return pump_events(f, sink);
+      // A stream goes to the relay when its bytes can go to the socket as they are: httplib
+      // frames it in chunks and compresses nothing (it never does SSE or NDJSON).
+      if (f.stream && tl_stream && res.get_header_value("Transfer-Encoding") == "chunked" &&
+          !res.has_header("Content-Encoding")) {
+        RelayedFlow src(*this, f);
+        if (!relay.run(tl_stream->socket(), *f.signal, src)) return false;
+      } else if (!pump_events(f, sink)) {
+        return false;
+      }
+      metrics.observe_duration(seconds_since(f.t0));
+      sink.done();
+      return true;
     } catch (const std::exception& e) {
       for (auto& h : f.handles) h->cancel();
       spdlog::error("{} {}: response failed: {}", f.id, f.route, e.what());
@@ -444,63 +532,22 @@ struct HttpServer::Impl {
     }
   }
 
-  // Relays events as they come (streaming) or waits for all of them (not streaming), and
-  // cancels the work when the client goes away.
+  // On this thread: relays events as they come (streaming) or waits for all of them (not
+  // streaming), and cancels the work when the client goes away.
   bool pump_events(Flow& f, httplib::DataSink& sink) {
-    size_t n_done = 0;
-    auto gone = [&] {
-      for (auto& h : f.handles) h->cancel();
-      metrics.count_disconnect();
-      spdlog::info("{} {} client disconnected, cancelled", f.id, f.route);
-      return false;
-    };
-    while (n_done < f.handles.size()) {
-      if (!sink.is_writable()) return gone();
-      // Every unfinished choice is drained without waiting; only when none had an event does
-      // the thread sleep, until any choice has one (not streaming: until one has finished), or
-      // 50 ms pass (the client may be gone).
+    const Write write = [&](const std::string& s) { return sink.write(s.data(), s.size()); };
+    for (;;) {
+      if (!sink.is_writable()) return client_gone(f), false;
+      // Only when no choice had an event does the thread sleep, until any choice has one (not
+      // streaming: until one has finished), or 50 ms pass (the client may be gone).
       const uint64_t seen = f.signal->count();
-      bool any = false;
-      for (size_t i = 0; i < f.handles.size(); ++i) {
-        ChoiceState& st = f.states[i];
-        if (st.finish) continue;
-        while (auto e = f.handles[i]->next(std::chrono::milliseconds(0))) {
-          any = true;
-          if (auto* c = std::get_if<Chunk>(&*e)) {
-            observe_gaps(f, i, *c);
-            st.text += c->text;
-            st.tokens.insert(st.tokens.end(), c->tokens.begin(), c->tokens.end());
-            st.prompt_tokens.insert(st.prompt_tokens.end(), c->prompt.begin(), c->prompt.end());
-            if (f.stream)
-              for (const json& j : f.fmt->on_chunk(int(i), *c, st))
-                if (!write_event(f, sink, j)) return gone();
-          } else {
-            st.finish = std::get<Finish>(*e);
-            ++n_done;
-            log_finish(f, st);
-            if (f.stream)
-              for (const json& j : f.fmt->on_finish(int(i), st))
-                if (!write_event(f, sink, j)) return gone();
-            break;
-          }
-        }
+      switch (advance(f, write)) {
+        case Advance::Done: return true;
+        case Advance::Gone: return client_gone(f), false;
+        case Advance::Idle: f.signal->wait(seen, std::chrono::milliseconds(50)); break;
+        case Advance::Moved: break;
       }
-      if (!any && n_done < f.handles.size()) f.signal->wait(seen, std::chrono::milliseconds(50));
     }
-    if (f.stream) {
-      for (const json& j : f.fmt->on_end(f.states))
-        if (!write_event(f, sink, j)) return gone();
-      if (f.sse) {
-        static const std::string kDone = "data: [DONE]\n\n";
-        if (!sink.write(kDone.data(), kDone.size())) return gone();
-      }
-    } else {
-      std::string body = f.fmt->full(f.states).dump(-1, ' ', false, json::error_handler_t::replace);
-      if (!sink.write(body.data(), body.size())) return gone();
-    }
-    metrics.observe_duration(seconds_since(f.t0));
-    sink.done();
-    return true;
   }
 
   void observe_gaps(Flow& f, size_t i, const Chunk& c) {
