@@ -401,13 +401,13 @@ class CpuBackend final : public Backend {
       for (int32_t s = 0; s < p.meta.n_spans; ++s) {
         const SeqSpan& sp = p.meta.spans[s];
         const int64_t a = std::max<int64_t>(r0, sp.tok_start), b = std::min<int64_t>(r1, sp.tok_start + sp.n_tokens);
-        for (int64_t r = a; r < b; ++r) store_kv_row(p, sp, int32_t(r - sp.tok_start), kvw);
+        for (int64_t r = a; r < b; ++r) store_kv_row(*k_, p, sp, int32_t(r - sp.tok_start), kvw);
       }
     });
   }
 
   // Token t of span sp into its cache slot.
-  static void store_kv_row(const StoreKvParams& p, const SeqSpan& sp, int32_t t, int64_t kvw) {
+  static void store_kv_row(const CpuKernels& kern, const StoreKvParams& p, const SeqSpan& sp, int32_t t, int64_t kvw) {
     const int32_t pos = sp.pos0 + t;
     // A ring position that a later token of this step overwrites need not be written.
     if (p.layout.local && pos >= p.layout.n_sinks && pos < sp.pos0 + sp.n_tokens - p.layout.ring_len) return;
@@ -421,14 +421,19 @@ class CpuBackend final : public Backend {
     if (p.kv_dtype == DType::Q8) {
       int8_t* kd = static_cast<int8_t*>(p.k_cache);
       int8_t* vd = static_cast<int8_t*>(p.v_cache);
-      float q[kMaxHeadDim];
+      // Each head's key and value rows to 8 bits (q8_row's steps, vectorised), then into place.
+      const int64_t hq = (hd + 3) / 4;
+      int8_t q[2 * kMaxHeadDim + 8];
+      float scale[2];
+      int32_t sum[2];
       for (int32_t g = 0; g < p.n_kv_heads; ++g) {
         const int64_t e0 = int64_t(g) * hd;
-        p.k_scale[k_offset(slot, g, p.n_kv_heads)] = q8_row(k + e0, p.head_dim, q);
-        for (int d = 0; d < p.head_dim; ++d) kd[k_offset(slot, e0 + d, kvw)] = int8_t(q[d]);
-        p.v_scale[k_offset(slot, g, p.n_kv_heads)] = q8_row(v + e0, p.head_dim, q);
-        int8_t* vrow = vd + v_offset(slot, e0, kvw, hd);
-        for (int d = 0; d < p.head_dim; ++d) vrow[d] = int8_t(q[d]);
+        kern.quantize_rows(k + e0, 0, hd, hq, q, &scale[0], &sum[0], 0, 1);
+        kern.quantize_rows(v + e0, 0, hd, hq, q + 4 * hq, &scale[1], &sum[1], 0, 1);
+        p.k_scale[k_offset(slot, g, p.n_kv_heads)] = scale[0];
+        p.v_scale[k_offset(slot, g, p.n_kv_heads)] = scale[1];
+        for (int d = 0; d < p.head_dim; ++d) kd[k_offset(slot, e0 + d, kvw)] = q[d];
+        std::memcpy(vd + v_offset(slot, e0, kvw, hd), q + 4 * hq, size_t(hd));
       }
     } else if (p.kv_dtype == DType::BF16) {
       uint16_t* kd = static_cast<uint16_t*>(p.k_cache);
