@@ -57,7 +57,7 @@ size_t StreamRelay::n_streams() const {
 
 void StreamRelay::wake() {
   // One eventfd write per wake-up of the relay, however many streams become ready meanwhile.
-  if (!armed_.exchange(true, std::memory_order_acq_rel)) {
+  if (!armed_.exchange(true)) {
     const uint64_t one = 1;
     [[maybe_unused]] ssize_t r = ::write(wake_fd_, &one, sizeof one);
   }
@@ -76,13 +76,15 @@ bool StreamRelay::run(int fd, EventSignal& signal, Source& src) {
     }
     // Set under mu_ so that a relay that stops meanwhile finds the stream in added_ and ends it.
     signal.set_waker([this, p = s.get()] {
-      p->ready.store(true, std::memory_order_release);
+      p->ready.store(true);  // seq_cst with armed_ below: neither side may miss the other's store
       wake();
     });
     added_.push_back(s);
     ++n_;
+    // NOTE: under mu_: a relay being destroyed has either not yet set stop_ (so it is still
+    // there for this wake) or was seen stopping above; never this after its eventfd closed.
+    wake();
   }
-  wake();
   std::unique_lock<std::mutex> lk(s->mu);
   s->cv.wait(lk, [&] { return s->ended; });
   return s->ok;
@@ -106,7 +108,7 @@ bool StreamRelay::step(Stream& s, short revents, Clock::time_point now) {
     end(s, false);
     return true;
   }
-  if (!s.complete && s.ready.exchange(false, std::memory_order_acq_rel)) {
+  if (!s.complete && s.ready.exchange(false)) {
     const bool was_idle = s.sent == s.out.size();
     try {
       s.complete = s.src->drain(s.out);
@@ -171,7 +173,7 @@ void StreamRelay::loop() {
       [[maybe_unused]] ssize_t n = ::read(wake_fd_, &v, sizeof v);
     }
     // Reset before looking at the streams: a waker that runs after this writes the eventfd again.
-    armed_.store(false, std::memory_order_release);
+    armed_.store(false);
     std::vector<std::shared_ptr<Stream>> added;
     bool stop;
     {
