@@ -487,6 +487,11 @@ struct HttpServer::Impl {
     spdlog::info("{} {} client disconnected, cancelled", f.id, f.route);
   }
 
+  void response_failed(const Flow& f, const char* what) {
+    for (auto& h : f.handles) h->cancel();
+    spdlog::error("{} {}: response failed: {}", f.id, f.route, what);
+  }
+
   // A streaming response as the relay sends it: each drain is one HTTP chunk.
   struct RelayedFlow final : StreamRelay::Source {
     Impl& impl;
@@ -502,11 +507,7 @@ struct HttpServer::Impl {
       }
       return a == Advance::Done;
     }
-    void gone(const char* error) override {
-      if (!error) return impl.client_gone(f);
-      for (auto& h : f.handles) h->cancel();
-      spdlog::error("{} {}: response failed: {}", f.id, f.route, error);
-    }
+    void gone(const char* error) override { error ? impl.response_failed(f, error) : impl.client_gone(f); }
   };
 
   // Runs one response to its end; an exception here would reach std::terminate inside httplib's
@@ -526,8 +527,7 @@ struct HttpServer::Impl {
       sink.done();
       return true;
     } catch (const std::exception& e) {
-      for (auto& h : f.handles) h->cancel();
-      spdlog::error("{} {}: response failed: {}", f.id, f.route, e.what());
+      response_failed(f, e.what());
       return false;
     }
   }

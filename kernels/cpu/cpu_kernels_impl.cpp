@@ -820,7 +820,7 @@ inline void prefetch_tile_start(const AttnCtx& ctx, int32_t jb, int64_t kvw) {
   const AttentionParams& p = *ctx.p;
   const int64_t slot = kv_slot(p.layout, *ctx.sp, ctx.table, jb);
   const int64_t base = slot - slot % kKeyTile;
-  const char* k = static_cast<const char*>(p.k_cache) + (base / kKeyTile) * kKeyTile * kvw + int64_t(ctx.g) * ctx.hd * kKeyTile;
+  const char* k = static_cast<const char*>(p.k_cache) + k_offset(base, int64_t(ctx.g) * ctx.hd, kvw);
   const char* v = static_cast<const char*>(p.v_cache) + v_offset(base, int64_t(ctx.g) * ctx.hd, kvw, ctx.hd);
   _mm_prefetch(reinterpret_cast<const char*>(p.k_scale + k_offset(base, ctx.g, p.n_kv_heads)), _MM_HINT_T0);
   _mm_prefetch(reinterpret_cast<const char*>(p.v_scale + k_offset(base, ctx.g, p.n_kv_heads)), _MM_HINT_T0);
@@ -1018,7 +1018,7 @@ void attention_task(const AttentionParams& p, const AttnTask& task, float* scrat
       const int64_t base = cached_run_base(p, sp, table, jb, lo, c_hi);
       const bool direct = base >= 0 && c_hi == hi;
       if (direct) {
-        const int64_t kg = (base / kKeyTile) * kKeyTile * kvw + int64_t(task.g) * hd * kKeyTile;
+        const int64_t kg = k_offset(base, int64_t(task.g) * hd, kvw);  // the tile's first key, this head
         const int64_t vg = v_offset(base, int64_t(task.g) * hd, kvw, hd);
         ldv = hd;
         if (q8 && rows > kMR) {
