@@ -290,8 +290,10 @@ std::vector<OpCase> backend_op_cases() {
 
 std::vector<OpCase> q8_weight_cases() {
   std::vector<OpCase> c;
-  for (int M : {1, 5, 6, 7, 16, 33})
+  // 12 to 24 rows: the decode kernel that fetches the next panel (2, 3 and 4 blocks of rows).
+  for (int M : {1, 5, 6, 7, 12, 13, 16, 24, 25, 33})
     for (int N : {1, 64, 65, 200}) c.push_back(matmul_case(M, N, 130, DType::Q8, false, false));
+  c.push_back(matmul_case(13, 200, 130, DType::Q8, true, true));
   c.push_back(matmul_case(3, 70, 1, DType::Q8, false, false));
   c.push_back(matmul_case(3, 70, 3, DType::Q8, false, false));
   c.push_back(matmul_case(17, 96, 64, DType::Q8, true, false));

@@ -466,14 +466,21 @@ inline __m512i dpbusd(__m512i acc, __m512i w_u8, __m512i x_s8) {
 // 24 accumulators, 4 weight registers and a broadcast. Runs only where has_vnni().
 template <int MR>
 void mk_q8w_vnni(const int8_t* xq, int64_t ldq, const float* xs, const int32_t* xsum, const uint8_t* b, int64_t Kq,
-                 const float* ws, float* c, int64_t ldc, int nvalid, const float* bias, bool accumulate) {
+                 const float* ws, float* c, int64_t ldc, int nvalid, const float* bias, bool accumulate,
+                 const uint8_t* next = nullptr, int next_lines = 0) {
   __m512i acc[MR][4];
   for (int r = 0; r < MR; ++r)
     for (int v = 0; v < 4; ++v) acc[r][v] = _mm512_setzero_si512();
   for (int64_t kq = 0; kq < Kq; ++kq) {
     const uint8_t* bk = b + kq * 4 * kPanel;
-    // The weights stream from memory once per step: fetch 4 quads of k ahead.
-    for (int l = 0; l < 4; ++l) _mm_prefetch(reinterpret_cast<const char*>(bk + 16 * kPanel + l * 64), _MM_HINT_T0);
+    // The weights stream from memory once per step: fetch 4 quads of k ahead; or, on a pass over
+    // a panel already in cache, lines of the next one (`next`, next_lines per quad; see
+    // gemm_q8_decode).
+    if (next)
+      for (int l = 0; l < next_lines; ++l)
+        _mm_prefetch(reinterpret_cast<const char*>(next + (kq * next_lines + l) * 64), _MM_HINT_T1);
+    else
+      for (int l = 0; l < 4; ++l) _mm_prefetch(reinterpret_cast<const char*>(bk + 16 * kPanel + l * 64), _MM_HINT_T0);
     __m512i bv[4];
     for (int v = 0; v < 4; ++v) bv[v] = _mm512_loadu_si512(bk + v * 64);
     for (int r = 0; r < MR; ++r) {
@@ -587,7 +594,56 @@ void gemm_f32(const GemmArgs& g, int64_t p0, int64_t p1, int64_t m0, int64_t m1)
 void gemm_bf16(const GemmArgs& g, int64_t p0, int64_t p1, int64_t m0, int64_t m1) {
   gemm_blocks<Bf16Op>(g, p0, p1, m0, m1);
 }
+#if defined(__AVX512F__)
+// Decode rows (2 to 4 blocks of kMR rows, one panel at a time as gemm_blocks would): the first
+// block's pass over a panel waits on memory, the others compute from L1/L2 and leave the load
+// ports and fill buffers mostly idle. Those later passes ask for the next panel into L2, a few
+// lines per quad of k (spread, not in a burst that would fill the line buffers), so the next
+// panel's first pass finds it there. 12, 16 and 24 rows over the default model's matrices on one
+// core, old and new kernels alternated: mean 2.4-2.5 → 1.8-2.1, 2.3-3.5 → 2.2-2.3 and
+// 3.3-3.5 → 2.7-3.3 ms. A 16-sequence decode step at 2.4K context: 3-6% faster (hyco bench, both
+// ways alternated at random in one process, 80 repeats, three runs).
+template <int MR>
+void q8_decode_pass(const GemmArgs& g, int64_t m, int64_t p, const uint8_t* next, int next_lines) {
+  const int64_t ldq = 4 * g.Kq;
+  mk_q8w_vnni<MR>(g.xq + m * ldq, ldq, g.x_scale + m, g.x_sum + m,
+                  static_cast<const uint8_t*>(g.w) + p * g.Kq * 4 * kPanel, g.Kq, g.w_scale + p * kPanel,
+                  g.out + m * g.ldo + p * kPanel, g.ldo, int(imin(kPanel, g.N - p * kPanel)),
+                  g.bias ? g.bias + p * kPanel : nullptr, g.accumulate, next, next_lines);
+}
+
+void gemm_q8_decode(const GemmArgs& g, int64_t p0, int64_t p1, int64_t m0, int64_t m1) {
+  const int64_t n_blocks = (m1 - m0 + kMR - 1) / kMR;
+  const int64_t panel_bytes = g.Kq * 4 * kPanel;  // 4 lines per quad of k
+  // Passes 1 .. n_blocks-1 share the next panel's lines: each fetches its part, next_lines per quad.
+  const int next_lines = int((4 + n_blocks - 2) / (n_blocks - 1));
+  for (int64_t p = p0; p < p1; ++p) {
+    const uint8_t* next = p + 1 < p1 ? static_cast<const uint8_t*>(g.w) + (p + 1) * panel_bytes : nullptr;
+    for (int64_t b = 0; b < n_blocks; ++b) {
+      const int64_t m = m0 + b * kMR;
+      const uint8_t* part = b > 0 && next ? next + (b - 1) * g.Kq * next_lines * 64 : nullptr;
+      switch (imin(kMR, m1 - m)) {
+        case 6: q8_decode_pass<6>(g, m, p, part, next_lines); break;
+        case 5: q8_decode_pass<5>(g, m, p, part, next_lines); break;
+        case 4: q8_decode_pass<4>(g, m, p, part, next_lines); break;
+        case 3: q8_decode_pass<3>(g, m, p, part, next_lines); break;
+        case 2: q8_decode_pass<2>(g, m, p, part, next_lines); break;
+        default: q8_decode_pass<1>(g, m, p, part, next_lines); break;
+      }
+    }
+  }
+}
+#endif
+
 void gemm_q8(const GemmArgs& g, int64_t p0, int64_t p1, int64_t m0, int64_t m1) {
+#if defined(__AVX512F__)
+  // gemm_blocks' one-panel-at-a-time case, with at least one full block of rows after the first
+  // (fewer rows after it: no faster, by the same measure).
+  if (has_vnni() && m1 - m0 >= 2 * kMR && m1 - m0 <= 4 * kMR) {
+    gemm_q8_decode(g, p0, p1, m0, m1);
+    return;
+  }
+#endif
   gemm_blocks<Q8Op>(g, p0, p1, m0, m1);
 }
 
