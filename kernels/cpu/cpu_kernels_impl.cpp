@@ -866,26 +866,6 @@ inline int64_t cached_run_base(const AttentionParams& p, const SeqSpan& sp, cons
   return b0 % kKeyTile == 0 && kv_slot(p.layout, sp, table, c_hi - 1) == s_lo + (c_hi - 1 - lo) ? b0 : -1;
 }
 
-// The first lines of the Q8 tile at jb (a cached position; this head's keys and values) and its
-// scales, asked for a tile ahead. Each tile is a 4 KB page of its own, where the hardware's
-// streamer starts over and, left alone, waits for the demand misses of the tile's first rows; a
-// few lines asked early set it going while the tile before is computed. A 16-sequence decode step
-// at 2.4K context: 4-6% faster (hyco bench, the two ways alternated in one process, 30 repeats);
-// a whole next tile asked at once (64 lines) was slower, 2 lines no better.
-inline void prefetch_tile_start(const AttnCtx& ctx, int32_t jb, int64_t kvw) {
-  const AttentionParams& p = *ctx.p;
-  const int64_t slot = kv_slot(p.layout, *ctx.sp, ctx.table, jb);
-  const int64_t base = slot - slot % kKeyTile;
-  const char* k = static_cast<const char*>(p.k_cache) + k_offset(base, int64_t(ctx.g) * ctx.hd, kvw);
-  const char* v = static_cast<const char*>(p.v_cache) + v_offset(base, int64_t(ctx.g) * ctx.hd, kvw, ctx.hd);
-  _mm_prefetch(reinterpret_cast<const char*>(p.k_scale + k_offset(base, ctx.g, p.n_kv_heads)), _MM_HINT_T0);
-  _mm_prefetch(reinterpret_cast<const char*>(p.v_scale + k_offset(base, ctx.g, p.n_kv_heads)), _MM_HINT_T0);
-  for (int line = 0; line < 3; ++line) {
-    _mm_prefetch(k + 64 * line, _MM_HINT_T0);
-    _mm_prefetch(v + 64 * line, _MM_HINT_T0);
-  }
-}
-
 // Keys and values of positions [a, b), one by one, into the columns of the tile at jb.
 inline void gather_kv(const AttnCtx& ctx, int32_t jb, int32_t a, int32_t b, float* KT, float* V, int64_t hdp, float* KS,
                       float* VS) {
@@ -1088,7 +1068,6 @@ void attention_task(const AttentionParams& p, const AttnTask& task, float* scrat
           vt8 = static_cast<const int8_t*>(p.v_cache) + vg;
           ksc = p.k_scale + k_offset(base, task.g, p.n_kv_heads);
           vsc = p.v_scale + k_offset(base, task.g, p.n_kv_heads);
-          if (jb + kKeyTile < j1 && jb + kKeyTile < sp.pos0) prefetch_tile_start(ctx, jb + kKeyTile, kvw);
         } else if (!bf16) {
           kt = static_cast<const float*>(p.k_cache) + kg;
           vt = static_cast<const float*>(p.v_cache) + vg;
