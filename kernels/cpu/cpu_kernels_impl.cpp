@@ -1006,7 +1006,12 @@ void attention_task(const AttentionParams& p, const AttnTask& task, float* scrat
       Mx[r] = -INFINITY;
       Ls[r] = 0.0f;
     }
-  for (int64_t i = 0; i < int64_t(kKeyTile) * hdp; ++i) V[i] = 0.0f;
+  // Every tile built in V writes columns [0, hd) of all its rows (copy_kv_run, gather_kv): only
+  // the padding up to hdp, which the GEMM tiles read, is zeroed here. (The whole 16 KB scratch
+  // was cleared per task before: ~1% of a 16-sequence decode step in memset; without it the step
+  // was 1-2% faster in three random in-process A/B runs, within their spread.)
+  for (int c = 0; c < kKeyTile; ++c)
+    for (int64_t d = hd; d < hdp; ++d) V[c * hdp + d] = 0.0f;
   const int32_t pa = sp.pos0 + task.t0, pb = sp.pos0 + task.t1 - 1;
   // With a Q8 cache the (pre-scaled) queries are rounded to 8 bits too (q8_row): a score is the
   // exact integer Σ q·k times the query's and the key's scales. Q then holds the 8-bit values as
