@@ -526,8 +526,10 @@ bool fast_q8() {
 #endif
 }
 
+// `next` / next_lines: the VNNI kernel's fetch of the next panel (gemm_q8_decode); none by default.
 template <int MR>
-void gemm_q8_rows(const GemmArgs& g, int64_t m, int64_t p0, int64_t p1) {
+void gemm_q8_rows(const GemmArgs& g, int64_t m, int64_t p0, int64_t p1, const uint8_t* next = nullptr,
+                  int next_lines = 0) {
   const uint8_t* w = static_cast<const uint8_t*>(g.w);
   const int64_t ldq = 4 * g.Kq;
 #if defined(__AVX512F__)
@@ -542,7 +544,7 @@ void gemm_q8_rows(const GemmArgs& g, int64_t m, int64_t p0, int64_t p1) {
 #if defined(__AVX512F__)
     if (vnni) {
       mk_q8w_vnni<MR>(g.xq + m * ldq, ldq, g.x_scale + m, g.x_sum + m, panel, g.Kq, ws, c, g.ldo, nvalid, bias,
-                      g.accumulate);
+                      g.accumulate, next, next_lines);
       continue;
     }
 #endif
@@ -603,15 +605,6 @@ void gemm_bf16(const GemmArgs& g, int64_t p0, int64_t p1, int64_t m0, int64_t m1
 // core, old and new kernels alternated: mean 2.4-2.5 → 1.8-2.1, 2.3-3.5 → 2.2-2.3 and
 // 3.3-3.5 → 2.7-3.3 ms. A 16-sequence decode step at 2.4K context: 3-6% faster (hyco bench, both
 // ways alternated at random in one process, 80 repeats, three runs).
-template <int MR>
-void q8_decode_pass(const GemmArgs& g, int64_t m, int64_t p, const uint8_t* next, int next_lines) {
-  const int64_t ldq = 4 * g.Kq;
-  mk_q8w_vnni<MR>(g.xq + m * ldq, ldq, g.x_scale + m, g.x_sum + m,
-                  static_cast<const uint8_t*>(g.w) + p * g.Kq * 4 * kPanel, g.Kq, g.w_scale + p * kPanel,
-                  g.out + m * g.ldo + p * kPanel, g.ldo, int(imin(kPanel, g.N - p * kPanel)),
-                  g.bias ? g.bias + p * kPanel : nullptr, g.accumulate, next, next_lines);
-}
-
 void gemm_q8_decode(const GemmArgs& g, int64_t p0, int64_t p1, int64_t m0, int64_t m1) {
   const int64_t n_blocks = (m1 - m0 + kMR - 1) / kMR;
   const int64_t panel_bytes = g.Kq * 4 * kPanel;  // 4 lines per quad of k
@@ -623,12 +616,12 @@ void gemm_q8_decode(const GemmArgs& g, int64_t p0, int64_t p1, int64_t m0, int64
       const int64_t m = m0 + b * kMR;
       const uint8_t* part = b > 0 && next ? next + (b - 1) * g.Kq * next_lines * 64 : nullptr;
       switch (imin(kMR, m1 - m)) {
-        case 6: q8_decode_pass<6>(g, m, p, part, next_lines); break;
-        case 5: q8_decode_pass<5>(g, m, p, part, next_lines); break;
-        case 4: q8_decode_pass<4>(g, m, p, part, next_lines); break;
-        case 3: q8_decode_pass<3>(g, m, p, part, next_lines); break;
-        case 2: q8_decode_pass<2>(g, m, p, part, next_lines); break;
-        default: q8_decode_pass<1>(g, m, p, part, next_lines); break;
+        case kMR: gemm_q8_rows<kMR>(g, m, p, p + 1, part, next_lines); break;
+        case 5: gemm_q8_rows<5>(g, m, p, p + 1, part, next_lines); break;
+        case 4: gemm_q8_rows<4>(g, m, p, p + 1, part, next_lines); break;
+        case 3: gemm_q8_rows<3>(g, m, p, p + 1, part, next_lines); break;
+        case 2: gemm_q8_rows<2>(g, m, p, p + 1, part, next_lines); break;
+        default: gemm_q8_rows<1>(g, m, p, p + 1, part, next_lines); break;
       }
     }
   }
