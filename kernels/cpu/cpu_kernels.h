@@ -111,6 +111,10 @@ struct AttnTask {
   float* partial = nullptr;
   const float* staged = nullptr;
   int32_t staged_jb0 = 0;
+  // Keys of positions before this one are read from the cache, later ones (the step's) from
+  // qkv; -1: the span's pos0. The backend stores a short span's keys and values before its
+  // attention and sets pos0 + n_tokens, so the tile that ends at them is read in place.
+  int32_t cached_end = -1;
 };
 inline int64_t attention_partial_floats(int rows, int hd) { return int64_t(rows) * (2 + hd); }
 // Floats of one staged tile: KT[hd][kKeyTile], V[kKeyTile][hdp], then the keys' and values'

@@ -1006,6 +1006,7 @@ void attention_task(const AttentionParams& p, const AttnTask& task, float* scrat
   for (int c = 0; c < kKeyTile; ++c)
     for (int64_t d = hd; d < hdp; ++d) V[c * hdp + d] = 0.0f;
   const int32_t pa = sp.pos0 + task.t0, pb = sp.pos0 + task.t1 - 1;
+  const int32_t cached_end = task.cached_end >= 0 ? task.cached_end : sp.pos0;
   // With a Q8 cache the (pre-scaled) queries are rounded to 8 bits too (q8_row): a score is the
   // exact integer Σ q·k times the query's and the key's scales. Q then holds the 8-bit values as
   // floats, whose products with 8-bit keys sum exactly in f32 (|Σ| ≤ 127² · 512 < 2²⁴), so the
@@ -1046,9 +1047,9 @@ void attention_task(const AttentionParams& p, const AttnTask& task, float* scrat
       const int8_t* kt8 = nullptr;     // Q8 cache read in place
       const int8_t* vt8 = nullptr;
       int64_t ldk = kKeyTile, ldv = hdp;
-      // Cached keys of the tile (before pos0) on consecutive slots of one aligned group: their
+      // Cached keys of the tile (before cached_end) on consecutive slots of one aligned group: their
       // group's first slot, else -1.
-      const int32_t c_hi = int32_t(imin(hi, sp.pos0));
+      const int32_t c_hi = int32_t(imin(hi, cached_end));
       const int64_t base = cached_run_base(p, sp, table, jb, lo, c_hi);
       const bool direct = base >= 0 && c_hi == hi;
       if (direct) {
@@ -1079,9 +1080,9 @@ void attention_task(const AttentionParams& p, const AttnTask& task, float* scrat
         ksc = vt + int64_t(kKeyTile) * hdp;
         vsc = ksc + kKeyTile;
       } else {
-        // The tile that ends at a decoded token: its cached run is widened at once (all columns
-        // zero without one); the step's own keys, and cached keys of odd layouts, are gathered
-        // one by one.
+        // The tile that ends at a token of a short prompt chunk: its cached run is widened at
+        // once (all columns zero without one); the step's own keys, and cached keys of odd
+        // layouts, are gathered one by one.
         assemble_tile(ctx, base, jb, lo, c_hi, int32_t(imax(lo, c_hi)), hi, KT, V, hdp, KS, VS);
       }
       if (kt16) {
