@@ -13,7 +13,7 @@ when the last one ends) and counts what happens inside that window. Each client'
 editing session, the cursor-moved line measures the cold/warm difference.
 
   /usr/bin/python3 scripts/bench_server.py --url http://127.0.0.1:8012 --sources DIR \
-      [--clients 1,4,16,64] [--duration 20] [--json out.json]
+      [--clients 1,4,16,64] [--duration 20] [--rounds 1] [--json out.json]
 
 Reports per concurrency level: TTFT p50/p99 (request sent → first token), inter-token latency
 p50/p99, generated tokens/s over the window, errors; and the "cursor moved" speed-up: TTFT of a
@@ -396,6 +396,9 @@ def main():
     ap.add_argument("--suffix-tokens", type=int, default=200)
     ap.add_argument("--n-predict", type=int, default=64)
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="run the whole list of levels this many times (the machine's speed drifts: "
+                         "each round's ratios come from levels measured a minute or two apart)")
     ap.add_argument("--json")
     args = ap.parse_args()
 
@@ -416,20 +419,33 @@ def main():
           f"{args.duration:g} s per level")
     print(f"{'clients':>7} {'reqs':>5} {'err':>4} | {'TTFT p50':>9} {'p99':>8} ms | {'ITL p50':>8} {'p99':>7} ms | {'tok/s':>8} | "
           f"server: prefill/gen, time in decode / prefill steps / other, decode step (forward) ms")
-    for n in levels:
-        docs = [Doc(server, sources[(i * 7919) % len(sources)], args.prefix_tokens, args.suffix_tokens, rng)
-                for i in range(n)]
-        r = run_level(server, docs, n, args.duration, args.n_predict, args.seed, args.warmup)
-        out["levels"].append(r)
-        sv = r["server"]
-        print(f"{n:7d} {r['requests']:5d} {r['errors']:4d} | {r['ttft_p50_ms']:9.1f} {r['ttft_p99_ms']:8.1f}    | "
-              f"{r['itl_p50_ms']:8.2f} {r['itl_p99_ms']:7.2f}    | {r['tokens_per_s']:8.1f} | "
-              f"{sv['prefill_per_generated']:.2f}, {100 * sv['decode_share']:.0f}% / {100 * sv['prefill_share']:.0f}% / "
-              f"{100 * sv['other_share']:.0f}%, {sv['decode_step_ms']:.2f} ({sv['decode_forward_ms']:.2f})", flush=True)
-    if len(out["levels"]) > 1 and out["levels"][0]["tokens_per_s"] > 0:
-        base = out["levels"][0]["tokens_per_s"]
-        for r in out["levels"]:
-            r["scaling_vs_first"] = r["tokens_per_s"] / base
+    if args.rounds < 1:
+        sys.exit("--rounds must be at least 1")
+    for rnd in range(args.rounds):
+        for n in levels:
+            docs = [Doc(server, sources[(i * 7919) % len(sources)], args.prefix_tokens, args.suffix_tokens, rng)
+                    for i in range(n)]
+            r = run_level(server, docs, n, args.duration, args.n_predict, args.seed + 1000 * rnd, args.warmup)
+            r["round"] = rnd
+            out["levels"].append(r)
+            sv = r["server"]
+            print(f"{n:7d} {r['requests']:5d} {r['errors']:4d} | {r['ttft_p50_ms']:9.1f} {r['ttft_p99_ms']:8.1f}    | "
+                  f"{r['itl_p50_ms']:8.2f} {r['itl_p99_ms']:7.2f}    | {r['tokens_per_s']:8.1f} | "
+                  f"{sv['prefill_per_generated']:.2f}, {100 * sv['decode_share']:.0f}% / {100 * sv['prefill_share']:.0f}% / "
+                  f"{100 * sv['other_share']:.0f}%, {sv['decode_step_ms']:.2f} ({sv['decode_forward_ms']:.2f})", flush=True)
+    # Each level against the first level of its own round.
+    for rnd in range(args.rounds):
+        rs = [r for r in out["levels"] if r["round"] == rnd]
+        if len(rs) > 1 and rs[0]["tokens_per_s"] > 0:
+            for r in rs:
+                r["scaling_vs_first"] = r["tokens_per_s"] / rs[0]["tokens_per_s"]
+    if len(levels) > 1:
+        for n in levels[1:]:
+            ratios = sorted(r["scaling_vs_first"] for r in out["levels"]
+                            if r["clients"] == n and "scaling_vs_first" in r)
+            if ratios:
+                print(f"{n} clients / {levels[0]}: " + ", ".join(f"{x:.2f}x" for x in ratios) +
+                      f" (median {statistics.median(ratios):.2f}x over {len(ratios)} round(s))")
     doc = Doc(server, sources[-1], args.prefix_tokens, args.suffix_tokens, rng)
     cm = cursor_moved(server, doc, args.n_predict)
     out["cursor_moved"] = cm

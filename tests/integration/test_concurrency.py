@@ -402,18 +402,24 @@ class LoadGenerator(h.ServerTest):
         self.assertGreater(ttft, 0)
         self.assertGreater(cached, 0)  # the same prompt again: its prefix was cached
 
-    def test_short_run_of_two_levels(self):
+    def test_short_run_of_two_levels_twice(self):
         out = os.path.join(os.environ.get("TMPDIR", "/tmp"), f"bench_server_{os.getpid()}.json")
         import subprocess
         import sys
         subprocess.run([sys.executable, os.path.join(h.SOURCE_DIR, "scripts", "bench_server.py"),
                         "--url", f"http://127.0.0.1:{self.server.port}", "--sources", os.path.join(h.SOURCE_DIR, "engine"),
-                        "--clients", "1,4", "--duration", "2", "--prefix-tokens", "300", "--suffix-tokens", "40",
-                        "--n-predict", "16", "--json", out], check=True, capture_output=True, timeout=120)
+                        "--clients", "1,4", "--duration", "1", "--rounds", "2", "--prefix-tokens", "300",
+                        "--suffix-tokens", "40", "--n-predict", "16", "--json", out],
+                       check=True, capture_output=True, timeout=120)
         with open(out, encoding="utf-8") as f:
             r = json.load(f)
         os.remove(out)
-        self.assertEqual([lv["clients"] for lv in r["levels"]], [1, 4])
+        # Two rounds of both levels, each level scaled against the 1-client level of its round.
+        self.assertEqual([(lv["round"], lv["clients"]) for lv in r["levels"]], [(0, 1), (0, 4), (1, 1), (1, 4)])
+        for a, b in ((0, 1), (2, 3)):
+            one, four = r["levels"][a], r["levels"][b]
+            self.assertAlmostEqual(four["scaling_vs_first"], four["tokens_per_s"] / one["tokens_per_s"])
+            self.assertEqual(one["scaling_vs_first"], 1.0)
         for lv in r["levels"]:
             self.assertEqual(lv["errors"], 0, lv)
             self.assertGreater(lv["requests"], 0, lv)
