@@ -584,7 +584,7 @@ class CpuBackend final : public Backend {
   bool fast_q8_;  // the 8-bit matmul and attention kernels run with vpdpbusd
   std::vector<std::vector<float>> scratch_;
   std::vector<AttnTask> tasks_;
-  std::vector<uint8_t> stored_early_;  // [span] of the last attention: its token already in the cache
+  std::vector<uint8_t> stored_early_;  // [span] of the last attention: its keys and values stored by it
   const void* stored_early_cache_ = nullptr;
   uint64_t stored_early_step_ = 0;
   std::vector<Merge> merges_;

@@ -1080,9 +1080,10 @@ void attention_task(const AttentionParams& p, const AttnTask& task, float* scrat
         ksc = vt + int64_t(kKeyTile) * hdp;
         vsc = ksc + kKeyTile;
       } else {
-        // The tile that ends at a token of a short prompt chunk: its cached run is widened at
-        // once (all columns zero without one); the step's own keys, and cached keys of odd
-        // layouts, are gathered one by one.
+        // A tile holding keys of the step that are not in the cache yet (a short span on a
+        // local layer whose ring could not take them before its attention): its cached run is
+        // widened at once (all columns zero without one); the step's own keys, and cached keys
+        // of odd layouts, are gathered one by one.
         assemble_tile(ctx, base, jb, lo, c_hi, int32_t(imax(lo, c_hi)), hi, KT, V, hdp, KS, VS);
       }
       if (kt16) {
