@@ -318,7 +318,7 @@ void Scheduler::admit() {
     running_.push_back(std::move(a));
     std::lock_guard<std::mutex> lk(mu_);
     --n_queued_;
-    stats_.n_running = int32_t(running_.size());
+    stats_.n_running = n_live();
     stats_.n_prompt_tokens += uint64_t(n_prompt);
     stats_.n_cached_tokens += uint64_t(n_cached);
   }
@@ -510,6 +510,9 @@ void Scheduler::finish(Active& a, FinishReason reason, const std::string& stop_t
   release(a);
   {
     std::lock_guard<std::mutex> lk(mu_);
+    // Its slot is free from now on (release), before its client hears that it ended: a client
+    // that sends its next request at once must find that slot counted free, not get a 503.
+    --stats_.n_running;
     ++stats_.n_finished;
     if (reason == FinishReason::Cancelled) ++stats_.n_cancelled;
     if (reason == FinishReason::Error) ++stats_.n_errors;
@@ -546,6 +549,10 @@ void Scheduler::finish_waiting(std::shared_ptr<RequestHandle> h, const Completio
   h->push(std::move(f));
 }
 
+int32_t Scheduler::n_live() const {
+  return int32_t(std::count_if(running_.begin(), running_.end(), [](const auto& a) { return !a->done; }));
+}
+
 void Scheduler::publish() {
   std::vector<SlotInfo> slots(size_t(cfg_.parallel));
   for (int32_t i = 0; i < cfg_.parallel; ++i) slots[size_t(i)].id = i;
@@ -562,7 +569,7 @@ void Scheduler::publish() {
   std::lock_guard<std::mutex> lk(mu_);
   slots_ = std::move(slots);
   stats_.n_waiting = n_queued_;
-  stats_.n_running = int32_t(running_.size());
+  stats_.n_running = n_live();
   stats_.n_cached_seqs = int32_t(prefix_.size());
   stats_.kv_bytes_used = kv_.bytes_used();
   stats_.kv_bytes_total = kv_.bytes_total();

@@ -108,6 +108,8 @@ class Scheduler {
   void finish_waiting(std::shared_ptr<RequestHandle> h, const CompletionRequest& r, FinishReason reason,
                       const std::string& error);
   void publish();
+  // Running requests not yet finished (a finished one leaves running_ later in the step).
+  int32_t n_live() const;
 
   StepExecutor& exec_;
   KvCache& kv_;
