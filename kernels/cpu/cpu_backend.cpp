@@ -294,41 +294,7 @@ class CpuBackend final : public Backend {
     for (auto& sc : scratch_)
       if (sc.size() < need) sc.resize(need);
 
-    // The keys and values of short spans (a decoded token) go into the cache now, before their
-    // attention, so that the tile ending at them is read in place (8-bit scores with vpdpbusd)
-    // instead of being gathered and widened to f32 for every sequence, layer and KV head of a
-    // decode step; store_kv then skips them. Safe: a global position has a slot of its own; on a
-    // local layer position p overwrites p - ring_len, which no token of the span sees while the
-    // span is at most ring_len - window + 1 long. Same values either way (the step's keys are
-    // rounded to what the cache holds), so the results are unchanged. Batch-16 decode step at
-    // 2.4K context 4-9% faster (hyco bench, random in-process A/B), one sequence unchanged.
-    stored_early_.assign(size_t(p.meta.n_spans), 0);
-    stored_early_cache_ = p.k_cache;
-    stored_early_step_ = step_;
-    {
-      StoreKvParams st;
-      st.qkv = p.qkv;
-      st.qkv_stride = p.qkv_stride;
-      st.k_cache = const_cast<void*>(p.k_cache);  // the backend's own cache memory
-      st.v_cache = const_cast<void*>(p.v_cache);
-      st.kv_dtype = p.kv_dtype;
-      st.k_scale = const_cast<float*>(p.k_scale);
-      st.v_scale = const_cast<float*>(p.v_scale);
-      st.n_heads = p.n_heads;
-      st.n_kv_heads = p.n_kv_heads;
-      st.head_dim = p.head_dim;
-      st.layout = p.layout;
-      st.meta = p.meta;
-      const int64_t kvw = int64_t(p.n_kv_heads) * p.head_dim;
-      for (int32_t s = 0; s < p.meta.n_spans; ++s) {
-        const SeqSpan& sp = p.meta.spans[s];
-        // One task's worth of tokens (a decode token, a keystroke's few); on a local layer only
-        // as many as overwrite no key the span's first token sees.
-        if (sp.n_tokens > tq || (p.layout.local && sp.n_tokens > p.layout.ring_len - p.layout.window + 1)) continue;
-        for (int32_t t = 0; t < sp.n_tokens; ++t) store_kv_row(*k_, st, sp, t, kvw);
-        stored_early_[size_t(s)] = 1;
-      }
-    }
+    store_short_spans(p, tq);
 
     // Base tasks: (span, tile of tq tokens, kv head).
     tasks_.clear();
@@ -429,6 +395,42 @@ class CpuBackend final : public Backend {
       });
     }
     for (const Merge& m : merges_) merge_partials(p, m, n_rep);
+  }
+
+  // The keys and values of short spans (a decoded token) go into the cache now, before their
+  // attention, so that the tile ending at them is read in place (8-bit scores with vpdpbusd)
+  // instead of being gathered and widened to f32 for every sequence, layer and KV head of a
+  // decode step; store_kv then skips them. Safe: a global position has a slot of its own; on a
+  // local layer position p overwrites p - ring_len, which no token of the span sees while the
+  // span is at most ring_len - window + 1 long. Same values either way (the step's keys are
+  // rounded to what the cache holds), so the results are unchanged. Batch-16 decode step at
+  // 2.4K context 4-9% faster (hyco bench, random in-process A/B), one sequence unchanged.
+  void store_short_spans(const AttentionParams& p, int tq) {
+    stored_early_.assign(size_t(p.meta.n_spans), 0);
+    stored_early_cache_ = p.k_cache;
+    stored_early_step_ = step_;
+    StoreKvParams st;
+    st.qkv = p.qkv;
+    st.qkv_stride = p.qkv_stride;
+    st.k_cache = const_cast<void*>(p.k_cache);  // the backend's own cache memory
+    st.v_cache = const_cast<void*>(p.v_cache);
+    st.kv_dtype = p.kv_dtype;
+    st.k_scale = const_cast<float*>(p.k_scale);
+    st.v_scale = const_cast<float*>(p.v_scale);
+    st.n_heads = p.n_heads;
+    st.n_kv_heads = p.n_kv_heads;
+    st.head_dim = p.head_dim;
+    st.layout = p.layout;
+    st.meta = p.meta;
+    const int64_t kvw = int64_t(p.n_kv_heads) * p.head_dim;
+    for (int32_t s = 0; s < p.meta.n_spans; ++s) {
+      const SeqSpan& sp = p.meta.spans[s];
+      // One task's worth of tokens (a decode token, a keystroke's few); on a local layer only
+      // as many as overwrite no key the span's first token sees.
+      if (sp.n_tokens > tq || (p.layout.local && sp.n_tokens > p.layout.ring_len - p.layout.window + 1)) continue;
+      for (int32_t t = 0; t < sp.n_tokens; ++t) store_kv_row(*k_, st, sp, t, kvw);
+      stored_early_[size_t(s)] = 1;
+    }
   }
 
   void store_kv(const StoreKvParams& p) override {
