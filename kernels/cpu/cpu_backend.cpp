@@ -458,7 +458,8 @@ class CpuBackend final : public Backend {
     const float* row = p.qkv + int64_t(sp.tok_start + t) * p.qkv_stride;
     const float* k = row + int64_t(p.n_heads) * p.head_dim;
     const float* v = k + kvw;
-    // Keys transposed by group of slots (see k_offset), values grouped by head (v_offset).
+    // Keys transposed by group of slots (see k_offset), values grouped by head (v_offset; 8-bit
+    // ones interleaved by four slots, v8_offset).
     const int64_t hd = p.head_dim;
     if (p.kv_dtype == DType::Q8) {
       int8_t* kd = static_cast<int8_t*>(p.k_cache);
@@ -475,7 +476,8 @@ class CpuBackend final : public Backend {
         p.k_scale[k_offset(slot, g, p.n_kv_heads)] = scale[0];
         p.v_scale[k_offset(slot, g, p.n_kv_heads)] = scale[1];
         for (int d = 0; d < p.head_dim; ++d) kd[k_offset(slot, e0 + d, kvw)] = q[d];
-        std::memcpy(vd + v_offset(slot, e0, kvw, hd), q + 4 * hq, size_t(hd));
+        int8_t* vs = vd + v8_offset(slot, e0, kvw, hd);  // dim d 4 bytes after dim d - 1
+        for (int d = 0; d < p.head_dim; ++d) vs[4 * d] = q[4 * hq + d];
       }
     } else if (p.kv_dtype == DType::BF16) {
       uint16_t* kd = static_cast<uint16_t*>(p.k_cache);

@@ -45,6 +45,15 @@ static inline int64_t k_offset(int64_t slot, int64_t e, int64_t kv_width) {
 static inline int64_t v_offset(int64_t slot, int64_t e, int64_t kv_width, int64_t hd) {
   return (slot / kKvGroup) * kKvGroup * kv_width + (e / hd) * kKvGroup * hd + (slot % kKvGroup) * hd + e % hd;
 }
+// A Q8 cache's values are grouped the same way, but inside a head's [64][hd] block the bytes of
+// four consecutive slots are interleaved: dim d of column c (slot % 64) at v8_index(c, d, hd) =
+// (c / 4) * 4 * hd + d * 4 + c % 4, so one 32-bit lane holds four positions of one dim, the
+// operand layout of vpdpbusd for weights × values (the values' 16 dims of a 512-bit load are in
+// order). The attention kernel's 8-bit value tiles use the same layout.
+static inline int64_t v8_index(int64_t c, int64_t d, int64_t hd) { return (c / 4) * 4 * hd + d * 4 + c % 4; }
+static inline int64_t v8_offset(int64_t slot, int64_t e, int64_t kv_width, int64_t hd) {
+  return (slot / kKvGroup) * kKvGroup * kv_width + (e / hd) * kKvGroup * hd + v8_index(slot % kKvGroup, e % hd, hd);
+}
 
 // 8-bit KV rows (DType::Q8): n values x become q = round(x · 127 / amax) (as floats) with the
 // row's scale amax / 127, so q · scale ≈ x. All zero with scale 0 when amax is 0 or not finite.
@@ -118,7 +127,8 @@ struct AttnTask {
 };
 inline int64_t attention_partial_floats(int rows, int hd) { return int64_t(rows) * (2 + hd); }
 // Floats of one staged tile: KT[hd][kKeyTile], V[kKeyTile][hdp], then the keys' and values'
-// scales KS[kKeyTile], VS[kKeyTile] (Q8 cache only; the values are the raw 8-bit ones).
+// scales KS[kKeyTile], VS[kKeyTile] (Q8 cache only: KT holds the raw 8-bit keys as floats, and
+// the start of V the 8-bit values as bytes, in v8_index's layout).
 inline int64_t attention_tile_floats(int hd) {
   return int64_t(hd) * kKeyTile + int64_t(kKeyTile) * ((hd + kPanel - 1) / kPanel * kPanel) + 2 * kKeyTile;
 }

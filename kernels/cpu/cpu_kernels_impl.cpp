@@ -775,7 +775,7 @@ inline float load_kv(const AttnCtx& c, int32_t j, int which, float* dst, int64_t
   const int64_t e0 = int64_t(c.g) * hd;
   const void* cache = which == 0 ? p.k_cache : p.v_cache;
   for (int d = 0; d < hd; ++d) {
-    const int64_t o = which == 0 ? k_offset(slot, e0 + d, kvw) : v_offset(slot, e0 + d, kvw, hd);
+    const int64_t o = which == 0 ? k_offset(slot, e0 + d, kvw) : q8 ? v8_offset(slot, e0 + d, kvw, hd) : v_offset(slot, e0 + d, kvw, hd);
     dst[d * stride] = q8     ? float(static_cast<const int8_t*>(cache)[o])
                       : bf16 ? bf16f(static_cast<const uint16_t*>(cache)[o])
                              : static_cast<const float*>(cache)[o];
@@ -785,8 +785,9 @@ inline float load_kv(const AttnCtx& c, int32_t j, int which, float* dst, int64_t
 
 // Tile scratch for keys [a, b) of a group (columns a..b-1): KT[hd][kKeyTile] and V[kKeyTile][hdp]
 // get the cached keys and values of kv head g widened to f32, every other column zero; with a Q8
-// cache the raw 8-bit values, and KS/VS[kKeyTile] their scales (0 in the other columns). `base`
-// is the group's first slot (unused when a == b). With `keys` false KT is left alone.
+// cache KT the raw 8-bit keys as floats, V the 8-bit values as bytes (v8_index's layout), and
+// KS/VS[kKeyTile] their scales (0 in the other columns). `base` is the group's first slot (unused
+// when a == b). With `keys` false KT is left alone; with V null only KT is written.
 inline void copy_kv_run(const AttentionParams& p, int64_t base, int g, int a, int b, float* KT, float* V, int64_t hdp,
                         float* KS, float* VS, bool keys = true) {
   const int hd = p.head_dim;
@@ -819,27 +820,33 @@ inline void copy_kv_run(const AttentionParams& p, int64_t base, int g, int a, in
                               : static_cast<const float*>(p.k_cache)[o + c];
 #endif
   }
-  for (int c = 0; c < kKeyTile; ++c) {
-    float* dst = V + c * hdp;
-    const bool in = c >= a && c < b;
-    if (q8) {
+  if (!V) return;
+  if (q8) {
+    // The group's block of this head as it is (its layout is the tile's), then the columns
+    // outside [a, b) zeroed.
+    int8_t* V8 = reinterpret_cast<int8_t*>(V);
+    if (a < b)
+      std::memcpy(V8, static_cast<const int8_t*>(p.v_cache) + v8_offset(base, int64_t(g) * hd, kvw, hd),
+                  size_t(kKeyTile) * size_t(hd));
+    else
+      std::memset(V8, 0, size_t(kKeyTile) * size_t(hd));
+    for (int c = 0; c < kKeyTile; ++c) {
+      const bool in = c >= a && c < b;
       KS[c] = in ? p.k_scale[k_offset(base + c, g, p.n_kv_heads)] : 0.0f;
       VS[c] = in ? p.v_scale[k_offset(base + c, g, p.n_kv_heads)] : 0.0f;
+      if (!in && a < b)
+        for (int d = 0; d < hd; ++d) V8[v8_index(c, d, hd)] = 0;
     }
-    if (!in) {
+    return;
+  }
+  for (int c = 0; c < kKeyTile; ++c) {
+    float* dst = V + c * hdp;
+    if (c < a || c >= b) {
       for (int d = 0; d < hd; ++d) dst[d] = 0.0f;
       continue;
     }
     const int64_t o = v_offset(base + c, int64_t(g) * hd, kvw, hd);
-    if (q8) {
-      const int8_t* src = static_cast<const int8_t*>(p.v_cache) + o;
-      int d = 0;
-#if defined(__AVX512F__)
-      for (; d + 16 <= hd; d += 16)
-        _mm512_storeu_ps(dst + d, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src + d)))));
-#endif
-      for (; d < hd; ++d) dst[d] = float(src[d]);
-    } else if (bf16) {
+    if (bf16) {
       const uint16_t* src = static_cast<const uint16_t*>(p.v_cache) + o;
       for (int d = 0; d < hd; ++d) dst[d] = bf16f(src[d]);
     } else {
@@ -862,9 +869,17 @@ inline int64_t cached_run_base(const AttentionParams& p, const SeqSpan& sp, cons
 // Keys and values of positions [a, b), one by one, into the columns of the tile at jb.
 inline void gather_kv(const AttnCtx& ctx, int32_t jb, int32_t a, int32_t b, float* KT, float* V, int64_t hdp, float* KS,
                       float* VS) {
+  const bool q8 = ctx.p->kv_dtype == DType::Q8;
   for (int32_t j = a; j < b; ++j) {
     KS[j - jb] = load_kv(ctx, j, 0, KT + (j - jb), kKeyTile);
-    VS[j - jb] = load_kv(ctx, j, 1, V + int64_t(j - jb) * hdp, 1);
+    if (q8) {  // 8-bit values as bytes, v8_index's layout
+      float v[kMaxHeadDim];
+      VS[j - jb] = load_kv(ctx, j, 1, v, 1);
+      int8_t* V8 = reinterpret_cast<int8_t*>(V);
+      for (int d = 0; d < ctx.hd; ++d) V8[v8_index(j - jb, d, ctx.hd)] = int8_t(v[d]);
+    } else {
+      VS[j - jb] = load_kv(ctx, j, 1, V + int64_t(j - jb) * hdp, 1);
+    }
   }
 }
 
@@ -964,6 +979,123 @@ void qk_q8_tile(int rows, const int8_t* q, int64_t ldq, int hd, const int32_t* q
 }
 #endif
 
+#if defined(__AVX512F__)
+// o[MR rows][16·NB dims from d0] += ps[r] · Σ_c pq[r][c]·v[c][d] over the 64 columns of a tile of
+// 8-bit values v (v8_index's layout: a 512-bit load at dim d is dims d..d+15 × four columns),
+// the sums exact in 32-bit integers. Runs only where has_vnni().
+template <int MR, int NB>
+void pv_q8_vnni(const uint8_t* pq, const float* ps, const int8_t* v, int hd, int d0, float* o, int64_t ldo) {
+  __m512i acc[MR][NB];
+  for (int r = 0; r < MR; ++r)
+    for (int j = 0; j < NB; ++j) acc[r][j] = _mm512_setzero_si512();
+  for (int c4 = 0; c4 < kKeyTile / 4; ++c4) {
+    const int8_t* vc = v + int64_t(c4) * 4 * hd + int64_t(d0) * 4;
+    __m512i vv[NB];
+    for (int j = 0; j < NB; ++j) vv[j] = _mm512_loadu_si512(vc + 64 * j);
+    for (int r = 0; r < MR; ++r) {
+      int32_t p4;
+      std::memcpy(&p4, pq + r * kKeyTile + 4 * c4, 4);
+      const __m512i pv = _mm512_set1_epi32(p4);
+      for (int j = 0; j < NB; ++j) acc[r][j] = dpbusd(acc[r][j], pv, vv[j]);
+    }
+  }
+  for (int r = 0; r < MR; ++r) {
+    const __m512 s = _mm512_set1_ps(ps[r]);
+    for (int j = 0; j < NB; ++j) {
+      float* dst = o + r * ldo + d0 + 16 * j;
+      _mm512_storeu_ps(dst, _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc[r][j]), s, _mm512_loadu_ps(dst)));
+    }
+  }
+}
+
+template <int MR>
+void pv_q8_rows(const uint8_t* pq, const float* ps, const int8_t* v, int hd, float* o, int64_t ldo) {
+  int d0 = 0;
+  for (; d0 + 64 <= hd; d0 += 64) pv_q8_vnni<MR, 4>(pq, ps, v, hd, d0, o, ldo);
+  switch ((hd - d0) / 16) {
+    case 3: pv_q8_vnni<MR, 3>(pq, ps, v, hd, d0, o, ldo); break;
+    case 2: pv_q8_vnni<MR, 2>(pq, ps, v, hd, d0, o, ldo); break;
+    case 1: pv_q8_vnni<MR, 1>(pq, ps, v, hd, d0, o, ldo); break;
+    default: break;
+  }
+}
+#endif
+
+// The weights of a tile for the 8-bit values, as bytes: row r's w[c] = sc[r][c] · vs[c] (the
+// softmax weight times the value's scale) becomes pq[r][c] = round(w[c] / ps[r]) with
+// ps[r] = max w / 255 (nearest even, like q8_row; a row without weight gets 0 and 0).
+inline void quantize_weights(const float* sc, int rows, const float* vs, uint8_t* pq, float* ps) {
+  for (int r = 0; r < rows; ++r) {
+    const float* sr = sc + r * kKeyTile;
+    uint8_t* qr = pq + r * kKeyTile;
+#if defined(__AVX512F__)
+    __m512 w[kKeyTile / 16];
+    __m512 mx = _mm512_setzero_ps();
+    for (int i = 0; i < kKeyTile / 16; ++i) {
+      w[i] = _mm512_mul_ps(_mm512_loadu_ps(sr + 16 * i), _mm512_loadu_ps(vs + 16 * i));
+      mx = _mm512_max_ps(w[i], mx);
+    }
+    const float wmax = _mm512_reduce_max_ps(mx);
+#else
+    float w[kKeyTile];
+    float wmax = 0.0f;
+    for (int c = 0; c < kKeyTile; ++c) {
+      w[c] = sr[c] * vs[c];
+      wmax = w[c] > wmax ? w[c] : wmax;
+    }
+#endif
+    const bool ok = wmax > 0.0f && 255.0f / wmax <= 3.4028234663852886e38f;
+    const float inv = ok ? 255.0f / wmax : 0.0f;
+    ps[r] = ok ? wmax / 255.0f : 0.0f;
+#if defined(__AVX512F__)
+    for (int i = 0; i < kKeyTile / 16; ++i) {
+      __m512i q = _mm512_cvtps_epi32(_mm512_mul_ps(w[i], _mm512_set1_ps(inv)));
+      q = _mm512_min_epi32(_mm512_max_epi32(q, _mm512_setzero_si512()), _mm512_set1_epi32(255));
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(qr + 16 * i), _mm512_cvtepi32_epi8(q));
+    }
+#else
+    for (int c = 0; c < kKeyTile; ++c) {
+      int q = _mm_cvtss_si32(_mm_set_ss(w[c] * inv));
+      q = q < 0 ? 0 : (q > 255 ? 255 : q);
+      qr[c] = uint8_t(q);
+    }
+#endif
+  }
+}
+
+// o[rows][hd] += ps[r] · Σ_c pq[r][c]·v[c][d] for a tile of 8-bit values (v8_index's layout); the
+// sums are exact integers and each output one fused multiply-add, so every variant agrees.
+void pv_q8_tile(int rows, const uint8_t* pq, const float* ps, const int8_t* v, int hd, float* o, int64_t ldo) {
+#if defined(__AVX512F__)
+  if (has_vnni() && hd % 16 == 0) {
+    int r = 0;
+    for (; r + kMR <= rows; r += kMR) pv_q8_rows<kMR>(pq + r * kKeyTile, ps + r, v, hd, o + r * ldo, ldo);
+    switch (rows - r) {
+      case 5: pv_q8_rows<5>(pq + r * kKeyTile, ps + r, v, hd, o + r * ldo, ldo); break;
+      case 4: pv_q8_rows<4>(pq + r * kKeyTile, ps + r, v, hd, o + r * ldo, ldo); break;
+      case 3: pv_q8_rows<3>(pq + r * kKeyTile, ps + r, v, hd, o + r * ldo, ldo); break;
+      case 2: pv_q8_rows<2>(pq + r * kKeyTile, ps + r, v, hd, o + r * ldo, ldo); break;
+      case 1: pv_q8_rows<1>(pq + r * kKeyTile, ps + r, v, hd, o + r * ldo, ldo); break;
+      default: break;
+    }
+    return;
+  }
+#endif
+  int32_t acc[kMaxHeadDim];
+  for (int r = 0; r < rows; ++r) {
+    const uint8_t* qr = pq + r * kKeyTile;
+    for (int d = 0; d < hd; ++d) acc[d] = 0;
+    for (int c4 = 0; c4 < kKeyTile / 4; ++c4) {
+      const int8_t* vc = v + int64_t(c4) * 4 * hd;
+      const int32_t p0 = qr[4 * c4], p1 = qr[4 * c4 + 1], p2 = qr[4 * c4 + 2], p3 = qr[4 * c4 + 3];
+      for (int d = 0; d < hd; ++d)
+        acc[d] += p0 * vc[4 * d] + p1 * vc[4 * d + 1] + p2 * vc[4 * d + 2] + p3 * vc[4 * d + 3];
+    }
+    float* orow = o + r * ldo;
+    for (int d = 0; d < hd; ++d) orow[d] = std::fma(float(acc[d]), ps[r], orow[d]);
+  }
+}
+
 void attention_task(const AttentionParams& p, const AttnTask& task, float* scratch) {
   const SeqSpan& sp = p.meta.spans[task.s];
   const int hd = p.head_dim;
@@ -1003,8 +1135,9 @@ void attention_task(const AttentionParams& p, const AttnTask& task, float* scrat
   // the padding up to hdp, which the GEMM tiles read, is zeroed here. (The whole 16 KB scratch
   // was cleared per task before: ~1% of a 16-sequence decode step in memset; without it the step
   // was 1-2% faster in three random in-process A/B runs, within their spread.)
-  for (int c = 0; c < kKeyTile; ++c)
-    for (int64_t d = hd; d < hdp; ++d) V[c * hdp + d] = 0.0f;
+  if (!q8)
+    for (int c = 0; c < kKeyTile; ++c)
+      for (int64_t d = hd; d < hdp; ++d) V[c * hdp + d] = 0.0f;
   const int32_t pa = sp.pos0 + task.t0, pb = sp.pos0 + task.t1 - 1;
   const int32_t cached_end = task.cached_end >= 0 ? task.cached_end : sp.pos0;
   // With a Q8 cache the (pre-scaled) queries are rounded to 8 bits too (q8_row): a score is the
@@ -1020,6 +1153,8 @@ void attention_task(const AttentionParams& p, const AttnTask& task, float* scrat
   int32_t qsum[kMaxRows];
   const int64_t ldq8 = (hd + 3) / 4 * 4;  // 8-bit query rows as quantize_rows writes them
   int8_t q8v[kMaxRows * kMaxHeadDim];
+  uint8_t pq[kMaxRows * kKeyTile];  // a tile's weights as bytes (pv_q8_tile)
+  float ps[kMaxRows];
   if (q8) {
     quantize_rows(Q, hd, hd, ldq8 / 4, q8v, qs, qsum, 0, rows);
     for (int r = 0; r < rows; ++r)
@@ -1056,17 +1191,16 @@ void attention_task(const AttentionParams& p, const AttnTask& task, float* scrat
         const int64_t kg = k_offset(base, int64_t(task.g) * hd, kvw);  // the tile's first key, this head
         const int64_t vg = v_offset(base, int64_t(task.g) * hd, kvw, hd);
         ldv = hd;
-        if (q8 && rows > kMR) {
-          // Many rows (a prefill chunk): widen the tile once rather than once per row block; the
-          // keys only where no integer kernel reads them in place.
-          copy_kv_run(p, base, task.g, 0, kKeyTile, KT, V, hdp, KS, VS, !q8_int_keys);
-          if (q8_int_keys) kt8 = static_cast<const int8_t*>(p.k_cache) + kg;
-          ldv = hdp;
-        } else if (q8) {
-          kt8 = static_cast<const int8_t*>(p.k_cache) + kg;
-          vt8 = static_cast<const int8_t*>(p.v_cache) + vg;
+        if (q8) {
+          // Values and scales in place; keys too, except for many rows (a prefill chunk) where no
+          // integer kernel reads them: widened once then rather than once per row block.
+          vt8 = static_cast<const int8_t*>(p.v_cache) + v8_offset(base, int64_t(task.g) * hd, kvw, hd);
           ksc = p.k_scale + k_offset(base, task.g, p.n_kv_heads);
           vsc = p.v_scale + k_offset(base, task.g, p.n_kv_heads);
+          if (q8_int_keys || rows <= kMR)
+            kt8 = static_cast<const int8_t*>(p.k_cache) + kg;
+          else
+            copy_kv_run(p, base, task.g, 0, kKeyTile, KT, nullptr, hdp, nullptr, nullptr);
         } else if (!bf16) {
           kt = static_cast<const float*>(p.k_cache) + kg;
           vt = static_cast<const float*>(p.v_cache) + vg;
@@ -1079,12 +1213,14 @@ void attention_task(const AttentionParams& p, const AttnTask& task, float* scrat
         vt = kt + int64_t(hd) * kKeyTile;
         ksc = vt + int64_t(kKeyTile) * hdp;
         vsc = ksc + kKeyTile;
+        if (q8) vt8 = reinterpret_cast<const int8_t*>(vt);
       } else {
         // A tile holding keys of the step that are not in the cache yet (a short span on a
         // local layer whose ring could not take them before its attention): its cached run is
         // widened at once (all columns zero without one); the step's own keys, and cached keys
         // of odd layouts, are gathered one by one.
         assemble_tile(ctx, base, jb, lo, c_hi, int32_t(imax(lo, c_hi)), hi, KT, V, hdp, KS, VS);
+        if (q8) vt8 = reinterpret_cast<const int8_t*>(V);
       }
       if (kt16) {
         tile_gemm(rows, Q, hd, kt16, ldk, hd, kKeyTile, Sc, kKeyTile, false);
@@ -1116,13 +1252,12 @@ void attention_task(const AttentionParams& p, const AttnTask& task, float* scrat
           float* orow = O + r * hdp;
           for (int d = 0; d < hd; ++d) orow[d] *= corr[r];
         }
-      if (q8)
-        for (int r = 0; r < rows; ++r)
-          for (int c = 0; c < kKeyTile; ++c) Sc[r * kKeyTile + c] *= vsc[c];
-      if (vt16)
+      if (q8) {
+        // Weights × the values' scales to 8 bits per row, times the 8-bit values in integers.
+        quantize_weights(Sc, rows, vsc, pq, ps);
+        pv_q8_tile(rows, pq, ps, vt8, hd, O, hdp);
+      } else if (vt16)
         tile_gemm(rows, Sc, kKeyTile, vt16, ldv, kKeyTile, hd, O, hdp, true);
-      else if (vt8)
-        tile_gemm(rows, Sc, kKeyTile, vt8, ldv, kKeyTile, hd, O, hdp, true);
       else
         tile_gemm(rows, Sc, kKeyTile, vt, ldv, kKeyTile, hd, O, hdp, true);
     }
