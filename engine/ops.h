@@ -67,8 +67,8 @@ HYCO_HD static inline int64_t kv_slot(const KvLayout& l, const SeqSpan& s, const
 // Causal attention of one layer over a ragged batch. Keys of positions before a span's pos0 come
 // from the cache; keys of the step itself come from `qkv` (so a chunk may be longer than a ring).
 // NOTE: store_kv writes the step's keys afterwards; a backend may store some earlier (the CPU one
-// stores those of short spans, decode tokens among them, before their attention), as long as what
-// attention computes is unchanged.
+// stores every span whose slots hold nothing the span still reads, before its attention), as long
+// as what attention computes is unchanged.
 struct AttentionParams {
   const float* qkv = nullptr;  // [n_tokens, qkv_stride]: n_heads q, n_kv_heads k, n_kv_heads v (RoPE'd)
   int64_t qkv_stride = 0;

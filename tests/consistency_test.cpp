@@ -22,13 +22,14 @@ struct Engine {
   std::unique_ptr<Model> model;
   KvCacheConfig kc;
 
-  explicit Engine(const ModelConfig& c, DType kv_dtype = DType::F32, int rollback = 6, DType weights = DType::F32) {
+  explicit Engine(const ModelConfig& c, DType kv_dtype = DType::F32, int rollback = 6, DType weights = DType::F32,
+                  int block = 16) {
     model = Model::random(c, *backend, 7, weights);
     kc.dtype = kv_dtype;
     kc.n_seqs = 4;
     kc.n_ctx = 256;
     kc.rollback = rollback;
-    kc.block_size = 16;
+    kc.block_size = block;
   }
   std::unique_ptr<KvCache> cache() { return std::make_unique<KvCache>(model->config(), *backend, kc); }
 
@@ -52,6 +53,7 @@ struct Case {
   ModelConfig cfg;
   DType kv = DType::F32;
   DType weights = DType::F32;
+  int block = 16;  // positions per block of a global layer
 };
 
 std::vector<Case> cases() {
@@ -66,6 +68,10 @@ std::vector<Case> cases() {
       {"q8 kv cache", tiny_config("LLLG", 8, 2), DType::Q8},
       {"q8 weights", tiny_config("LLLG", 8, 2), DType::BF16, DType::Q8},
       {"q8 weights and q8 kv cache (the CPU default)", tiny_config("LG", 12, 0, 6, 2, 24), DType::Q8, DType::Q8},
+      // Blocks of whole 64-slot tiles (the server's default): the CPU backend stores a prefill
+      // chunk of a global layer before its attention and reads its tiles in place.
+      {"q8 kv cache, 64-position blocks", tiny_config("LLLG", 8, 2), DType::Q8, DType::Q8, 64},
+      {"f32 kv cache, 64-position blocks", tiny_config("LG", 12, 0, 6, 2, 24), DType::F32, DType::F32, 64},
   };
 }
 
@@ -74,7 +80,7 @@ std::vector<Case> cases() {
 TEST_CASE("decoding token by token gives the logits of one prefill", "[consistency]") {
   for (const Case& c : cases()) {
     SECTION(c.name) {
-      Engine e(c.cfg, c.kv, 6, c.weights);
+      Engine e(c.cfg, c.kv, 6, c.weights, c.block);
       auto toks = hyco::test::random_tokens(70, c.cfg.n_vocab, 11);
       auto kv1 = e.cache(), kv2 = e.cache(), kv3 = e.cache();
       auto prefill = e.feed(*kv1, *kv1->create(), toks, 70);
@@ -91,7 +97,7 @@ TEST_CASE("decoding token by token gives the logits of one prefill", "[consisten
 TEST_CASE("a ragged batch gives each sequence the logits it gets alone", "[consistency]") {
   for (const Case& c : cases()) {
     SECTION(c.name) {
-      Engine e(c.cfg, c.kv, 6, c.weights);
+      Engine e(c.cfg, c.kv, 6, c.weights, c.block);
       auto a = hyco::test::random_tokens(21, c.cfg.n_vocab, 1);
       auto b = hyco::test::random_tokens(40, c.cfg.n_vocab, 2);
       auto d = hyco::test::random_tokens(12, c.cfg.n_vocab, 3);
@@ -129,7 +135,7 @@ TEST_CASE("rolling back by up to the reserve and recomputing equals a fresh comp
   for (const Case& c : cases()) {
     SECTION(c.name) {
       const int R = 6;
-      Engine e(c.cfg, c.kv, R, c.weights);
+      Engine e(c.cfg, c.kv, R, c.weights, c.block);
       // Longer than a ring (W + R rounded up to a group of 64 slots), so the rings wrap.
       auto first = hyco::test::random_tokens(150, c.cfg.n_vocab, 5);
       auto kv = e.cache();
@@ -157,7 +163,7 @@ TEST_CASE("rolling back by up to the reserve and recomputing equals a fresh comp
 TEST_CASE("a prompt that extends a cached one reuses its prefix and equals a fresh computation", "[consistency]") {
   for (const Case& c : cases()) {
     SECTION(c.name) {
-      Engine e(c.cfg, c.kv, 8, c.weights);
+      Engine e(c.cfg, c.kv, 8, c.weights, c.block);
       auto kv = e.cache();
       PrefixCache cache(*kv);
       // The IDE case: same file, the cursor moved on by a few tokens; the old completion's

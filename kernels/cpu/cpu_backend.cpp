@@ -294,7 +294,7 @@ class CpuBackend final : public Backend {
     for (auto& sc : scratch_)
       if (sc.size() < need) sc.resize(need);
 
-    store_short_spans(p, tq);
+    store_early(p);
 
     // Base tasks: (span, tile of tq tokens, kv head).
     tasks_.clear();
@@ -320,7 +320,9 @@ class CpuBackend final : public Backend {
     const int64_t tile_floats = attention_tile_floats(p.head_dim);
     for (int32_t s = 0; s < p.meta.n_spans; ++s) {
       const SeqSpan& sp = p.meta.spans[s];
-      if (sp.n_tokens <= tq) continue;
+      // A span stored early is read in place, unless its global blocks do not hold whole tiles.
+      if (sp.n_tokens <= tq || (stored_early_[size_t(s)] && (p.layout.local || p.layout.block_size % kKeyTile == 0)))
+        continue;
       const int32_t jb0 = sp.pos0 - sp.pos0 % kKeyTile;
       const int32_t n_tiles = (sp.pos0 + sp.n_tokens - 1 - jb0) / kKeyTile + 1;
       for (int32_t g = 0; g < p.n_kv_heads; ++g) {
@@ -397,15 +399,17 @@ class CpuBackend final : public Backend {
     for (const Merge& m : merges_) merge_partials(p, m, n_rep);
   }
 
-  // The keys and values of short spans (a decoded token) go into the cache now, before their
-  // attention, so that the tile ending at them is read in place (8-bit scores with vpdpbusd)
-  // instead of being gathered and widened to f32 for every sequence, layer and KV head of a
-  // decode step; store_kv then skips them. Safe: a global position has a slot of its own; on a
-  // local layer position p overwrites p - ring_len, which no token of the span sees while the
-  // span is at most ring_len - window + 1 long. Same values either way (the step's keys are
-  // rounded to what the cache holds), so the results are unchanged. Batch-16 decode step at
-  // 2.4K context 4-9% faster (hyco bench, random in-process A/B), one sequence unchanged.
-  void store_short_spans(const AttentionParams& p, int tq) {
+  // The keys and values of the step go into the cache now, before their attention, so that the
+  // tiles holding them are read in place (8-bit scores and weights × values with vpdpbusd) instead
+  // of being gathered and widened to f32 for every sequence, layer and KV head (decode), or staged
+  // once per span (prefill); store_kv then skips them. Safe: a global position has a slot of its
+  // own; on a local layer position p overwrites p - ring_len, which no token of the span sees while
+  // that is a sink or before the window of the span's first token (so while the span is at most
+  // ring_len - window + 1 long, or the ring has not wrapped; other spans on a local layer are
+  // stored by store_kv as before). Same values either way (the step's keys are rounded to what the cache
+  // holds), so the results are unchanged. Decode tokens alone: batch-16 decode step at 2.4K
+  // context 4-9% faster (hyco bench, random in-process A/B), one sequence unchanged.
+  void store_early(const AttentionParams& p) {
     stored_early_.assign(size_t(p.meta.n_spans), 0);
     stored_early_cache_ = p.k_cache;
     stored_early_step_ = step_;
@@ -422,25 +426,38 @@ class CpuBackend final : public Backend {
     st.head_dim = p.head_dim;
     st.layout = p.layout;
     st.meta = p.meta;
-    const int64_t kvw = int64_t(p.n_kv_heads) * p.head_dim;
+    bool any = false;
     for (int32_t s = 0; s < p.meta.n_spans; ++s) {
       const SeqSpan& sp = p.meta.spans[s];
-      // One task's worth of tokens (a decode token, a keystroke's few); on a local layer only
-      // as many as overwrite no key the span's first token sees.
-      if (sp.n_tokens > tq || (p.layout.local && sp.n_tokens > p.layout.ring_len - p.layout.window + 1)) continue;
-      for (int32_t t = 0; t < sp.n_tokens; ++t) store_kv_row(*k_, st, sp, t, kvw);
+      // On a local layer the span's last token overwrites the ring slot of position last - ring_len.
+      const int64_t over = int64_t(sp.pos0) + sp.n_tokens - 1 - p.layout.ring_len;
+      if (p.layout.local && over >= std::max<int64_t>(p.layout.n_sinks, int64_t(sp.pos0) - p.layout.window + 1)) continue;
       stored_early_[size_t(s)] = 1;
+      any = true;
     }
+    if (any) store_spans(st, stored_early_.data(), 1);
   }
 
   void store_kv(const StoreKvParams& p) override {
+    const bool early = stored_early_cache_ == p.k_cache && stored_early_step_ == step_ &&
+                       stored_early_.size() == size_t(p.meta.n_spans);
+    if (early)
+      store_spans(p, stored_early_.data(), 0);  // the rest
+    else
+      store_spans(p, nullptr, 0);
+  }
+
+  // The step's rows of the spans s with pick[s] == want (all spans without pick) into the cache.
+  // Rows write distinct slots (a ring position that a later token overwrites is skipped), so they
+  // are stored in parallel.
+  void store_spans(const StoreKvParams& p, const uint8_t* pick, uint8_t want) {
     const int64_t kvw = int64_t(p.n_kv_heads) * p.head_dim;
-    // Rows of the step write distinct slots (a ring position that a later token overwrites is
-    // skipped), so they are stored in parallel.
-    rows_parallel(p.meta.n_tokens, 16 * kvw, [&](int64_t r0, int64_t r1) {
-      const bool early = stored_early_cache_ == p.k_cache && stored_early_step_ == step_;
+    int64_t rows = 0;
+    for (int32_t s = 0; s < p.meta.n_spans; ++s) rows += !pick || pick[s] == want ? p.meta.spans[s].n_tokens : 0;
+    if (rows == 0) return;
+    rows_parallel(p.meta.n_tokens, rows * 16 * kvw / p.meta.n_tokens, [&](int64_t r0, int64_t r1) {
       for (int32_t s = 0; s < p.meta.n_spans; ++s) {
-        if (early && size_t(s) < stored_early_.size() && stored_early_[size_t(s)]) continue;  // stored by attention
+        if (pick && pick[s] != want) continue;
         const SeqSpan& sp = p.meta.spans[s];
         const int64_t a = std::max<int64_t>(r0, sp.tok_start), b = std::min<int64_t>(r1, sp.tok_start + sp.n_tokens);
         for (int64_t r = a; r < b; ++r) store_kv_row(*k_, p, sp, int32_t(r - sp.tok_start), kvw);
@@ -458,11 +475,11 @@ class CpuBackend final : public Backend {
     const float* row = p.qkv + int64_t(sp.tok_start + t) * p.qkv_stride;
     const float* k = row + int64_t(p.n_heads) * p.head_dim;
     const float* v = k + kvw;
-    // Keys transposed by group of slots (see k_offset), values grouped by head (v_offset; 8-bit
-    // ones interleaved by four slots, v8_offset).
+    // Keys transposed by group of slots (k_offset), values grouped by head (v_offset); 8-bit ones
+    // interleaved for vpdpbusd (k8_offset, v8_offset).
     const int64_t hd = p.head_dim;
     if (p.kv_dtype == DType::Q8) {
-      int8_t* kd = static_cast<int8_t*>(p.k_cache);
+      uint8_t* kd = static_cast<uint8_t*>(p.k_cache);
       int8_t* vd = static_cast<int8_t*>(p.v_cache);
       // Each head's key and value rows to 8 bits (q8_row's steps, vectorised), then into place.
       const int64_t hq = (hd + 3) / 4;
@@ -475,7 +492,7 @@ class CpuBackend final : public Backend {
         kern.quantize_rows(v + e0, 0, hd, hq, q + 4 * hq, &scale[1], &sum[1], 0, 1);
         p.k_scale[k_offset(slot, g, p.n_kv_heads)] = scale[0];
         p.v_scale[k_offset(slot, g, p.n_kv_heads)] = scale[1];
-        for (int d = 0; d < p.head_dim; ++d) kd[k_offset(slot, e0 + d, kvw)] = q[d];
+        for (int d = 0; d < p.head_dim; ++d) kd[k8_offset(slot, e0 + d, kvw, hd)] = uint8_t(q[d] + 128);
         int8_t* vs = vd + v8_offset(slot, e0, kvw, hd);  // dim d 4 bytes after dim d - 1
         for (int d = 0; d < p.head_dim; ++d) vs[4 * d] = q[4 * hq + d];
       }

@@ -30,9 +30,9 @@ static inline int64_t q8w_offset(int64_t n, int64_t k, int64_t Kq) {
   return (n / kPanel) * Kq * 4 * kPanel + (k / 4) * 4 * kPanel + (n % kPanel) * 4 + k % 4;
 }
 static inline int64_t q8w_scales_offset(int64_t P, int64_t Kq) { return P * Kq * 4 * kPanel; }
-// Keys in the CPU cache are stored transposed by group of kKvGroup slots: element e (of
-// kv_width) of slot s lives at (s / 64) * 64 * kv_width + e * 64 + s % 64, so a tile of 64
-// consecutive positions is a ready [kv_width][64] matrix for QKᵀ. Values: see v_offset. The
+// Keys in the CPU cache (f32, bf16; Q8: k8_offset) are stored transposed by group of kKvGroup
+// slots: element e (of kv_width) of slot s lives at (s / 64) * 64 * kv_width + e * 64 + s % 64,
+// so a tile of 64 consecutive positions is a ready [kv_width][64] matrix for QKᵀ. Values: see v_offset. The
 // scales of a Q8 cache (one per slot and kv head, for keys and for values) are transposed the same
 // way (kv_width = n_kv_heads), so a tile's 64 scales of one head are contiguous.
 static inline int64_t k_offset(int64_t slot, int64_t e, int64_t kv_width) {
@@ -44,6 +44,18 @@ static inline int64_t k_offset(int64_t slot, int64_t e, int64_t kv_width) {
 // which reads each tile once from memory).
 static inline int64_t v_offset(int64_t slot, int64_t e, int64_t kv_width, int64_t hd) {
   return (slot / kKvGroup) * kKvGroup * kv_width + (e / hd) * kKvGroup * hd + (slot % kKvGroup) * hd + e % hd;
+}
+// A Q8 cache's keys are grouped by head like the values (below), and inside a head's [64][hd]
+// block of a group the bytes of four consecutive dims of a slot are one 32-bit lane: dim d of
+// column c at k8_index(c, d, hd) = (d / 4) * 256 + c * 4 + d % 4, so a 512-bit load at dims
+// d..d+3 is those dims of 16 consecutive keys, the operand layout of vpdpbusd for scores (for hd
+// not a multiple of 4: d * 64 + c, the f32 paths' [hd][64]). Each byte holds k + 128, the
+// unsigned operand (as the q8 weights do).
+static inline int64_t k8_index(int64_t c, int64_t d, int64_t hd) {
+  return hd % 4 == 0 ? (d / 4) * 4 * kKvGroup + c * 4 + d % 4 : d * kKvGroup + c;
+}
+static inline int64_t k8_offset(int64_t slot, int64_t e, int64_t kv_width, int64_t hd) {
+  return (slot / kKvGroup) * kKvGroup * kv_width + (e / hd) * kKvGroup * hd + k8_index(slot % kKvGroup, e % hd, hd);
 }
 // A Q8 cache's values are grouped the same way, but inside a head's [64][hd] block the bytes of
 // four consecutive slots are interleaved: dim d of column c (slot % 64) at v8_index(c, d, hd) =
@@ -121,8 +133,8 @@ struct AttnTask {
   const float* staged = nullptr;
   int32_t staged_jb0 = 0;
   // Keys of positions before this one are read from the cache, later ones (the step's) from
-  // qkv; -1: the span's pos0. The backend stores a short span's keys and values before its
-  // attention and sets pos0 + n_tokens, so the tile that ends at them is read in place.
+  // qkv; -1: the span's pos0. The backend stores a span's keys and values before its attention
+  // where it can and sets pos0 + n_tokens, so the tiles holding them are read in place.
   int32_t cached_end = -1;
 };
 inline int64_t attention_partial_floats(int rows, int hd) { return int64_t(rows) * (2 + hd); }

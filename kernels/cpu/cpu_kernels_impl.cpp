@@ -99,7 +99,6 @@ inline void store_tile(const float* acc, int mr, float* c, int64_t ldc, int nval
 
 inline float widen(float x) { return x; }
 inline float widen(uint16_t h) { return bf16f(h); }
-inline float widen(int8_t q) { return float(q); }
 
 // b: K rows of kPanel values (f32, or bf16 as in a bf16 cache), ldb apart.
 template <int MR, class BT>
@@ -274,42 +273,17 @@ void mk_h_avx512(const float* a, int64_t lda, const uint16_t* b, int64_t ldb, in
   store_zmm_tile(acc, MR, c, ldc, nvalid, bias, accumulate);
 }
 
-// b: K rows of kPanel 8-bit values (a Q8 cache), ldb apart, widened exactly in registers; each
-// output is the same sum in the same order as over the values widened beforehand.
-template <int MR>
-void mk_q8_avx512(const float* a, int64_t lda, const int8_t* b, int64_t ldb, int64_t K, float* c, int64_t ldc,
-                  int nvalid, const float* bias, bool accumulate) {
-  static_assert(kPanel == 64, "four 16-column quarters per row");
-  __m512 acc[MR][4];
-  for (int r = 0; r < MR; ++r)
-    for (int v = 0; v < 4; ++v) acc[r][v] = _mm512_setzero_ps();
-  for (int64_t k = 0; k < K; ++k) {
-    const int8_t* bk = b + k * ldb;
-    _mm_prefetch(reinterpret_cast<const char*>(bk + 8 * ldb), _MM_HINT_T0);
-    __m512 bv[4];
-    for (int v = 0; v < 4; ++v)
-      bv[v] = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(bk + 16 * v))));
-    for (int r = 0; r < MR; ++r) {
-      const __m512 av = _mm512_set1_ps(a[r * lda + k]);
-      for (int v = 0; v < 4; ++v) acc[r][v] = _mm512_fmadd_ps(av, bv[v], acc[r][v]);
-    }
-  }
-  store_zmm_tile(acc, MR, c, ldc, nvalid, bias, accumulate);
-}
 #endif
 
-// c[MR rows, kPanel cols] (+)= a[MR, K] · b[K, kPanel], b rows ldb apart: f32, or bf16 / 8-bit
-// widened.
+// c[MR rows, kPanel cols] (+)= a[MR, K] · b[K, kPanel], b rows ldb apart: f32, or bf16 widened.
 template <int MR, class BT>
 inline void mk_rows(const float* a, int64_t lda, const BT* b, int64_t ldb, int64_t K, float* c, int64_t ldc,
                     int nvalid, const float* bias, bool accumulate) {
 #if defined(__AVX512F__)
   if constexpr (sizeof(BT) == 4)
     mk_f32_avx512<MR>(a, lda, b, ldb, K, c, ldc, nvalid, bias, accumulate);
-  else if constexpr (sizeof(BT) == 2)
-    mk_h_avx512<MR>(a, lda, b, ldb, K, c, ldc, nvalid, bias, accumulate);
   else
-    mk_q8_avx512<MR>(a, lda, b, ldb, K, c, ldc, nvalid, bias, accumulate);
+    mk_h_avx512<MR>(a, lda, b, ldb, K, c, ldc, nvalid, bias, accumulate);
 #else
   mk_rows_portable<MR>(a, lda, b, ldb, K, c, ldc, nvalid, bias, accumulate);
 #endif
@@ -775,10 +749,13 @@ inline float load_kv(const AttnCtx& c, int32_t j, int which, float* dst, int64_t
   const int64_t e0 = int64_t(c.g) * hd;
   const void* cache = which == 0 ? p.k_cache : p.v_cache;
   for (int d = 0; d < hd; ++d) {
-    const int64_t o = which == 0 ? k_offset(slot, e0 + d, kvw) : q8 ? v8_offset(slot, e0 + d, kvw, hd) : v_offset(slot, e0 + d, kvw, hd);
-    dst[d * stride] = q8     ? float(static_cast<const int8_t*>(cache)[o])
-                      : bf16 ? bf16f(static_cast<const uint16_t*>(cache)[o])
-                             : static_cast<const float*>(cache)[o];
+    if (q8) {  // keys stored as k + 128
+      dst[d * stride] = which == 0 ? float(int(static_cast<const uint8_t*>(cache)[k8_offset(slot, e0 + d, kvw, hd)]) - 128)
+                                   : float(static_cast<const int8_t*>(cache)[v8_offset(slot, e0 + d, kvw, hd)]);
+      continue;
+    }
+    const int64_t o = which == 0 ? k_offset(slot, e0 + d, kvw) : v_offset(slot, e0 + d, kvw, hd);
+    dst[d * stride] = bf16 ? bf16f(static_cast<const uint16_t*>(cache)[o]) : static_cast<const float*>(cache)[o];
   }
   return q8 ? (which == 0 ? p.k_scale : p.v_scale)[k_offset(slot, c.g, p.n_kv_heads)] : 1.0f;
 }
@@ -794,7 +771,28 @@ inline void copy_kv_run(const AttentionParams& p, int64_t base, int g, int a, in
   const int64_t kvw = int64_t(p.n_kv_heads) * hd;
   const bool bf16 = p.kv_dtype == DType::BF16;
   const bool q8 = p.kv_dtype == DType::Q8;
-  for (int d = 0; d < (keys ? hd : 0); ++d) {
+  if (q8 && keys) {
+    // 8-bit keys (k8_index's layout, k + 128) widened to [hd][kKeyTile].
+    const uint8_t* kb = static_cast<const uint8_t*>(p.k_cache) + (a < b ? k8_offset(base, int64_t(g) * hd, kvw, hd) : 0);
+    int d = 0;
+#if defined(__AVX512F__)
+    for (; d + 4 <= hd && hd % 4 == 0; d += 4)
+      for (int c = 0; c < kKeyTile; c += 16) {
+        const int n0 = a > c ? a - c : 0, n1 = b - c < 16 ? (b - c > 0 ? b - c : 0) : 16;
+        const __mmask16 m = n1 > n0 ? __mmask16(((1u << n1) - 1) & ~((1u << n0) - 1)) : __mmask16(0);
+        // Lane i: dims d..d+3 of key c + i; back to signed, then each dim sign-extended from its byte.
+        const __m512i x = _mm512_maskz_xor_epi32(m, _mm512_maskz_loadu_epi32(m, kb + k8_index(c, d, hd)), _mm512_set1_epi8(int8_t(0x80)));
+        _mm512_storeu_ps(KT + int64_t(d) * kKeyTile + c, _mm512_cvtepi32_ps(_mm512_srai_epi32(_mm512_slli_epi32(x, 24), 24)));
+        _mm512_storeu_ps(KT + int64_t(d + 1) * kKeyTile + c, _mm512_cvtepi32_ps(_mm512_srai_epi32(_mm512_slli_epi32(x, 16), 24)));
+        _mm512_storeu_ps(KT + int64_t(d + 2) * kKeyTile + c, _mm512_cvtepi32_ps(_mm512_srai_epi32(_mm512_slli_epi32(x, 8), 24)));
+        _mm512_storeu_ps(KT + int64_t(d + 3) * kKeyTile + c, _mm512_cvtepi32_ps(_mm512_srai_epi32(x, 24)));
+      }
+#endif
+    for (; d < hd; ++d)
+      for (int c = 0; c < kKeyTile; ++c)
+        KT[int64_t(d) * kKeyTile + c] = c < a || c >= b ? 0.0f : float(int(kb[k8_index(c, d, hd)]) - 128);
+  }
+  for (int d = 0; d < (keys && !q8 ? hd : 0); ++d) {
     float* dst = KT + int64_t(d) * kKeyTile;
     const int64_t o = a < b ? k_offset(base, int64_t(g) * hd + d, kvw) : 0;
 #if defined(__AVX512F__)
@@ -802,9 +800,7 @@ inline void copy_kv_run(const AttentionParams& p, int64_t base, int g, int a, in
       const int n0 = a > c ? a - c : 0, n1 = b - c < 16 ? (b - c > 0 ? b - c : 0) : 16;
       const __mmask16 m = n1 > n0 ? __mmask16(((1u << n1) - 1) & ~((1u << n0) - 1)) : __mmask16(0);
       __m512 x;
-      if (q8) {
-        x = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(m, static_cast<const int8_t*>(p.k_cache) + o + c)));
-      } else if (bf16) {
+      if (bf16) {
         const __m256i h = _mm256_maskz_loadu_epi16(m, static_cast<const uint16_t*>(p.k_cache) + o + c);
         x = _mm512_castsi512_ps(_mm512_maskz_slli_epi32(m, _mm512_maskz_cvtepu16_epi32(m, h), 16));
       } else {
@@ -815,7 +811,6 @@ inline void copy_kv_run(const AttentionParams& p, int64_t base, int g, int a, in
 #else
     for (int c = 0; c < kKeyTile; ++c)
       dst[c] = c < a || c >= b ? 0.0f
-               : q8           ? float(static_cast<const int8_t*>(p.k_cache)[o + c])
                : bf16         ? bf16f(static_cast<const uint16_t*>(p.k_cache)[o + c])
                               : static_cast<const float*>(p.k_cache)[o + c];
 #endif
@@ -920,52 +915,33 @@ void stage_tile(const AttentionParams& p, int32_t s, int32_t g, int32_t jb, floa
 
 #if defined(__AVX512F__)
 // Scores of `rows` 8-bit query rows (q: rows of hd signed bytes, ldq apart) against a tile of 8-bit keys of a Q8
-// cache read in place (kt: [hd][kKeyTile] bytes, the cache's transposed layout), as the exact
-// integer sums Σ q·k, into sc [rows][kKeyTile] as floats. Four rows of keys (dims d..d+3) are
-// interleaved into 32-bit lanes of four consecutive dims per key (vpdpbusd's operand), the keys
-// made unsigned by flipping their sign bit (k + 128), and 128·Σq taken back out at the end.
-// Runs only where has_vnni(), for hd a multiple of 4.
+// cache read in place (kt: the head's block, k8_index's layout: a 512-bit load is four dims of 16
+// keys, each byte k + 128), as the exact integer sums Σ q·k (128·Σq taken back out) into
+// sc [rows][kKeyTile] as floats. Runs only where has_vnni(), for hd a multiple of 4.
 template <int MR>
-void qk_q8_vnni(const int8_t* q, int64_t ldq, int hd, const int32_t* qsum, const int8_t* kt, float* sc) {
+void qk_q8_vnni(const int8_t* q, int64_t ldq, int hd, const int32_t* qsum, const uint8_t* kt, float* sc) {
   __m512i acc[MR][4];
   for (int r = 0; r < MR; ++r)
     for (int j = 0; j < 4; ++j) acc[r][j] = _mm512_setzero_si512();
-  const __m512i flip = _mm512_set1_epi8(int8_t(0x80));
   for (int d = 0; d < hd; d += 4) {
-    const int8_t* k = kt + int64_t(d) * kKeyTile;
-    const __m512i a0 = _mm512_xor_si512(_mm512_loadu_si512(k), flip);
-    const __m512i a1 = _mm512_xor_si512(_mm512_loadu_si512(k + kKeyTile), flip);
-    const __m512i a2 = _mm512_xor_si512(_mm512_loadu_si512(k + 2 * kKeyTile), flip);
-    const __m512i a3 = _mm512_xor_si512(_mm512_loadu_si512(k + 3 * kKeyTile), flip);
-    const __m512i b01l = _mm512_unpacklo_epi8(a0, a1), b01h = _mm512_unpackhi_epi8(a0, a1);
-    const __m512i b23l = _mm512_unpacklo_epi8(a2, a3), b23h = _mm512_unpackhi_epi8(a2, a3);
-    // Lane i of 128-bit block L of c[j] holds key 16L + 4j + i.
-    __m512i c[4];
-    c[0] = _mm512_unpacklo_epi16(b01l, b23l);
-    c[1] = _mm512_unpackhi_epi16(b01l, b23l);
-    c[2] = _mm512_unpacklo_epi16(b01h, b23h);
-    c[3] = _mm512_unpackhi_epi16(b01h, b23h);
+    const uint8_t* k = kt + k8_index(0, d, hd);
+    __m512i kv[4];
+    for (int j = 0; j < 4; ++j) kv[j] = _mm512_loadu_si512(k + 64 * j);  // keys 16j..16j+15
     for (int r = 0; r < MR; ++r) {
       int32_t q4;
       std::memcpy(&q4, q + r * ldq + d, 4);
       const __m512i qv = _mm512_set1_epi32(q4);
-      for (int j = 0; j < 4; ++j) acc[r][j] = dpbusd(acc[r][j], c[j], qv);
+      for (int j = 0; j < 4; ++j) acc[r][j] = dpbusd(acc[r][j], kv[j], qv);
     }
   }
   for (int r = 0; r < MR; ++r) {
-    // Back to key order: 128-bit block L of the output for keys 16L.. is block L of c[0..3]'s sums
-    // (a 4×4 transpose of blocks).
-    const __m512i t0 = _mm512_shuffle_i32x4(acc[r][0], acc[r][1], 0x44), t1 = _mm512_shuffle_i32x4(acc[r][0], acc[r][1], 0xEE);
-    const __m512i t2 = _mm512_shuffle_i32x4(acc[r][2], acc[r][3], 0x44), t3 = _mm512_shuffle_i32x4(acc[r][2], acc[r][3], 0xEE);
-    const __m512i o[4] = {_mm512_shuffle_i32x4(t0, t2, 0x88), _mm512_shuffle_i32x4(t0, t2, 0xDD),
-                          _mm512_shuffle_i32x4(t1, t3, 0x88), _mm512_shuffle_i32x4(t1, t3, 0xDD)};
     const __m512i off = _mm512_set1_epi32(128 * qsum[r]);
-    for (int L = 0; L < 4; ++L)
-      _mm512_storeu_ps(sc + r * kKeyTile + 16 * L, _mm512_cvtepi32_ps(_mm512_sub_epi32(o[L], off)));
+    for (int j = 0; j < 4; ++j)
+      _mm512_storeu_ps(sc + r * kKeyTile + 16 * j, _mm512_cvtepi32_ps(_mm512_sub_epi32(acc[r][j], off)));
   }
 }
 
-void qk_q8_tile(int rows, const int8_t* q, int64_t ldq, int hd, const int32_t* qsum, const int8_t* kt, float* sc) {
+void qk_q8_tile(int rows, const int8_t* q, int64_t ldq, int hd, const int32_t* qsum, const uint8_t* kt, float* sc) {
   int r = 0;
   for (; r + kMR <= rows; r += kMR) qk_q8_vnni<kMR>(q + r * ldq, ldq, hd, qsum + r, kt, sc + r * kKeyTile);
   switch (rows - r) {
@@ -1179,7 +1155,7 @@ void attention_task(const AttentionParams& p, const AttnTask& task, float* scrat
       const float* vsc = VS;
       const uint16_t* kt16 = nullptr;  // bf16 cache read in place
       const uint16_t* vt16 = nullptr;
-      const int8_t* kt8 = nullptr;     // Q8 cache read in place
+      const uint8_t* kt8 = nullptr;    // Q8 cache read in place
       const int8_t* vt8 = nullptr;
       int64_t ldk = kKeyTile, ldv = hdp;
       // Cached keys of the tile (before cached_end) on consecutive slots of one aligned group: their
@@ -1192,13 +1168,12 @@ void attention_task(const AttentionParams& p, const AttnTask& task, float* scrat
         const int64_t vg = v_offset(base, int64_t(task.g) * hd, kvw, hd);
         ldv = hd;
         if (q8) {
-          // Values and scales in place; keys too, except for many rows (a prefill chunk) where no
-          // integer kernel reads them: widened once then rather than once per row block.
+          // Values and scales in place; keys too where the integer kernel reads them, else widened.
           vt8 = static_cast<const int8_t*>(p.v_cache) + v8_offset(base, int64_t(task.g) * hd, kvw, hd);
           ksc = p.k_scale + k_offset(base, task.g, p.n_kv_heads);
           vsc = p.v_scale + k_offset(base, task.g, p.n_kv_heads);
-          if (q8_int_keys || rows <= kMR)
-            kt8 = static_cast<const int8_t*>(p.k_cache) + kg;
+          if (q8_int_keys)
+            kt8 = static_cast<const uint8_t*>(p.k_cache) + k8_offset(base, int64_t(task.g) * hd, kvw, hd);
           else
             copy_kv_run(p, base, task.g, 0, kKeyTile, KT, nullptr, hdp, nullptr, nullptr);
         } else if (!bf16) {
@@ -1216,21 +1191,19 @@ void attention_task(const AttentionParams& p, const AttnTask& task, float* scrat
         if (q8) vt8 = reinterpret_cast<const int8_t*>(vt);
       } else {
         // A tile holding keys of the step that are not in the cache yet (a short span on a
-        // local layer whose ring could not take them before its attention): its cached run is
+        // local layer whose ring could not take them before its attention), or cached keys of
+        // odd layouts (sinks beside ring slots, blocks smaller than a tile): its cached run is
         // widened at once (all columns zero without one); the step's own keys, and cached keys
-        // of odd layouts, are gathered one by one.
+        // off the run, are gathered one by one.
         assemble_tile(ctx, base, jb, lo, c_hi, int32_t(imax(lo, c_hi)), hi, KT, V, hdp, KS, VS);
         if (q8) vt8 = reinterpret_cast<const int8_t*>(V);
       }
       if (kt16) {
         tile_gemm(rows, Q, hd, kt16, ldk, hd, kKeyTile, Sc, kKeyTile, false);
-      } else if (kt8) {
+      } else if (kt8) {  // only where q8_int_keys
 #if defined(__AVX512F__)
-        if (q8_int_keys)
-          qk_q8_tile(rows, q8v, ldq8, hd, qsum, kt8, Sc);
-        else
+        qk_q8_tile(rows, q8v, ldq8, hd, qsum, kt8, Sc);
 #endif
-          tile_gemm(rows, Q, hd, kt8, ldk, hd, kKeyTile, Sc, kKeyTile, false);
       } else {
         tile_gemm(rows, Q, hd, kt, ldk, hd, kKeyTile, Sc, kKeyTile, false);
       }
