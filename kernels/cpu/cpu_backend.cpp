@@ -309,21 +309,22 @@ class CpuBackend final : public Backend {
           t.t1 = std::min(t0 + tq, sp.n_tokens);
           t.k0 = 0;
           t.k1 = INT32_MAX;
-          t.cached_end = stored_early_[size_t(s)] ? sp.pos0 + sp.n_tokens : sp.pos0;
+          t.cached_end = sp.pos0 + stored_early_[size_t(s)];
           tasks_.push_back(t);
         }
     // Prefill spans longer than one task: the tiles holding the step's own keys are assembled
-    // once per (span, kv head) and shared by the span's tasks, instead of by each task.
+    // once per (span, kv head) and shared by the span's tasks, instead of by each task; those
+    // stored early are read in place (unless global blocks smaller than a tile split them).
+    const bool in_place = p.layout.local || p.layout.block_size % kKeyTile == 0;
     stage_jobs_.clear();
     staged_at_.assign(size_t(p.meta.n_spans) * size_t(p.n_kv_heads), -1);
     int64_t staged_floats = 0;
     const int64_t tile_floats = attention_tile_floats(p.head_dim);
     for (int32_t s = 0; s < p.meta.n_spans; ++s) {
       const SeqSpan& sp = p.meta.spans[s];
-      // A span stored early is read in place, unless its global blocks do not hold whole tiles.
-      if (sp.n_tokens <= tq || (stored_early_[size_t(s)] && (p.layout.local || p.layout.block_size % kKeyTile == 0)))
-        continue;
-      const int32_t jb0 = sp.pos0 - sp.pos0 % kKeyTile;
+      const int32_t from = sp.pos0 + (in_place ? stored_early_[size_t(s)] : 0);  // the first key to stage
+      if (sp.n_tokens <= tq || from == sp.pos0 + sp.n_tokens) continue;
+      const int32_t jb0 = from - from % kKeyTile;
       const int32_t n_tiles = (sp.pos0 + sp.n_tokens - 1 - jb0) / kKeyTile + 1;
       for (int32_t g = 0; g < p.n_kv_heads; ++g) {
         staged_at_[size_t(s) * size_t(p.n_kv_heads) + size_t(g)] = staged_floats;
@@ -342,8 +343,9 @@ class CpuBackend final : public Backend {
         const int64_t at = staged_at_[size_t(t.s) * size_t(p.n_kv_heads) + size_t(t.g)];
         if (at < 0) continue;
         const SeqSpan& sp = p.meta.spans[t.s];
+        const int32_t from = sp.pos0 + (in_place ? stored_early_[size_t(t.s)] : 0);
         t.staged = staged_.data() + at;
-        t.staged_jb0 = sp.pos0 - sp.pos0 % kKeyTile;
+        t.staged_jb0 = from - from % kKeyTile;
       }
     }
     // Split-KV: too few tasks for the threads (decode) and long key ranges → split each range
@@ -402,13 +404,13 @@ class CpuBackend final : public Backend {
   // The keys and values of the step go into the cache now, before their attention, so that the
   // tiles holding them are read in place (8-bit scores and weights × values with vpdpbusd) instead
   // of being gathered and widened to f32 for every sequence, layer and KV head (decode), or staged
-  // once per span (prefill); store_kv then skips them. Safe: a global position has a slot of its
-  // own; on a local layer position p overwrites p - ring_len, which no token of the span sees while
-  // that is a sink or before the window of the span's first token (so while the span is at most
-  // ring_len - window + 1 long, or the ring has not wrapped; other spans on a local layer are
-  // stored by store_kv as before). Same values either way (the step's keys are rounded to what the cache
-  // holds), so the results are unchanged. Decode tokens alone: batch-16 decode step at 2.4K
-  // context 4-9% faster (hyco bench, random in-process A/B), one sequence unchanged.
+  // once per span (prefill); store_kv then stores the rest. Safe: a global position has a slot of
+  // its own; on a local layer position p overwrites p - ring_len, which no token of the span sees
+  // while that is a sink or before the window of the span's first token, so a span stores its
+  // first ring_len - window + 1 tokens early (all of them while the ring has not wrapped). Same
+  // values either way (the step's keys are rounded to what the cache holds), so the results are
+  // unchanged. Decode tokens alone: batch-16 decode step at 2.4K context 4-9% faster (hyco bench,
+  // random in-process A/B), one sequence unchanged.
   void store_early(const AttentionParams& p) {
     stored_early_.assign(size_t(p.meta.n_spans), 0);
     stored_early_cache_ = p.k_cache;
@@ -429,47 +431,54 @@ class CpuBackend final : public Backend {
     bool any = false;
     for (int32_t s = 0; s < p.meta.n_spans; ++s) {
       const SeqSpan& sp = p.meta.spans[s];
-      // On a local layer the span's last token overwrites the ring slot of position last - ring_len.
-      const int64_t over = int64_t(sp.pos0) + sp.n_tokens - 1 - p.layout.ring_len;
-      if (p.layout.local && over >= std::max<int64_t>(p.layout.n_sinks, int64_t(sp.pos0) - p.layout.window + 1)) continue;
-      stored_early_[size_t(s)] = 1;
-      any = true;
+      int32_t n = sp.n_tokens;
+      if (p.layout.local) {
+        // Token t overwrites the ring slot of position pos0 + t - ring_len: harmless while that
+        // is a sink or before the window of the span's first token.
+        const int64_t keep = std::max<int64_t>(p.layout.n_sinks, int64_t(sp.pos0) - p.layout.window + 1);
+        n = int32_t(std::clamp<int64_t>(keep + p.layout.ring_len - sp.pos0, 0, sp.n_tokens));
+      }
+      stored_early_[size_t(s)] = n;
+      any = any || n > 0;
     }
-    if (any) store_spans(st, stored_early_.data(), 1);
+    if (any) store_spans(st, true);
   }
 
   void store_kv(const StoreKvParams& p) override {
     const bool early = stored_early_cache_ == p.k_cache && stored_early_step_ == step_ &&
                        stored_early_.size() == size_t(p.meta.n_spans);
-    if (early)
-      store_spans(p, stored_early_.data(), 0);  // the rest
-    else
-      store_spans(p, nullptr, 0);
+    if (!early) stored_early_.assign(size_t(p.meta.n_spans), 0);
+    store_spans(p, false);  // the rest
   }
 
-  // The step's rows of the spans s with pick[s] == want (all spans without pick) into the cache.
-  // Rows write distinct slots (a ring position that a later token overwrites is skipped), so they
-  // are stored in parallel.
-  void store_spans(const StoreKvParams& p, const uint8_t* pick, uint8_t want) {
+  // The step's rows into the cache: of each span s its first stored_early_[s] tokens (`early`), or
+  // the others. Rows write distinct slots (a ring position that a later token overwrites is
+  // skipped), so they are stored in parallel.
+  void store_spans(const StoreKvParams& p, bool early) {
     const int64_t kvw = int64_t(p.n_kv_heads) * p.head_dim;
+    auto range = [&](int32_t s) {
+      const int32_t n = stored_early_[size_t(s)];
+      return early ? std::pair<int32_t, int32_t>(0, n) : std::pair<int32_t, int32_t>(n, p.meta.spans[s].n_tokens);
+    };
     int64_t rows = 0;
-    for (int32_t s = 0; s < p.meta.n_spans; ++s) rows += !pick || pick[s] == want ? p.meta.spans[s].n_tokens : 0;
+    for (int32_t s = 0; s < p.meta.n_spans; ++s) rows += range(s).second - range(s).first;
     if (rows == 0) return;
     rows_parallel(p.meta.n_tokens, rows * 16 * kvw / p.meta.n_tokens, [&](int64_t r0, int64_t r1) {
       for (int32_t s = 0; s < p.meta.n_spans; ++s) {
-        if (pick && pick[s] != want) continue;
         const SeqSpan& sp = p.meta.spans[s];
-        const int64_t a = std::max<int64_t>(r0, sp.tok_start), b = std::min<int64_t>(r1, sp.tok_start + sp.n_tokens);
-        for (int64_t r = a; r < b; ++r) store_kv_row(*k_, p, sp, int32_t(r - sp.tok_start), kvw);
+        const auto [t0, t1] = range(s);
+        const int64_t a = std::max<int64_t>(r0, sp.tok_start + t0), b = std::min<int64_t>(r1, sp.tok_start + t1);
+        for (int64_t r = a; r < b; ++r) store_kv_row(*k_, p, sp, int32_t(r - sp.tok_start), kvw, !early);
       }
     });
   }
 
-  // Token t of span sp into its cache slot.
-  static void store_kv_row(const CpuKernels& kern, const StoreKvParams& p, const SeqSpan& sp, int32_t t, int64_t kvw) {
+  // Token t of span sp into its cache slot. With `skip`, not a ring position that a later token of
+  // this step overwrites (the attention is done; an early store must write it, the step reads it).
+  static void store_kv_row(const CpuKernels& kern, const StoreKvParams& p, const SeqSpan& sp, int32_t t, int64_t kvw,
+                           bool skip) {
     const int32_t pos = sp.pos0 + t;
-    // A ring position that a later token of this step overwrites need not be written.
-    if (p.layout.local && pos >= p.layout.n_sinks && pos < sp.pos0 + sp.n_tokens - p.layout.ring_len) return;
+    if (skip && p.layout.local && pos >= p.layout.n_sinks && pos < sp.pos0 + sp.n_tokens - p.layout.ring_len) return;
     const int32_t* table = p.layout.local ? nullptr : p.meta.global_tables + int64_t(sp.table_row) * p.meta.table_stride;
     const int64_t slot = kv_slot(p.layout, sp, table, pos);
     const float* row = p.qkv + int64_t(sp.tok_start + t) * p.qkv_stride;
@@ -605,7 +614,7 @@ class CpuBackend final : public Backend {
   bool fast_q8_;  // the 8-bit matmul and attention kernels run with vpdpbusd
   std::vector<std::vector<float>> scratch_;
   std::vector<AttnTask> tasks_;
-  std::vector<uint8_t> stored_early_;  // [span] of the last attention: its keys and values stored by it
+  std::vector<int32_t> stored_early_;  // [span] of the last attention: its first tokens stored by it
   const void* stored_early_cache_ = nullptr;
   uint64_t stored_early_step_ = 0;
   std::vector<Merge> merges_;
