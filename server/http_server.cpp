@@ -365,6 +365,7 @@ struct HttpServer::Impl {
     std::string id, route;
     std::chrono::steady_clock::time_point t0 = std::chrono::steady_clock::now();
     std::vector<Clock::time_point> last_chunk;
+    Clock::time_point first_token;  // of any choice (the log line of a request cut short)
     size_t n_done = 0;  // choices finished
   };
 
@@ -462,7 +463,8 @@ struct HttpServer::Impl {
         } else {
           st.finish = std::get<Finish>(*e);
           ++f.n_done;
-          log_finish(f, st);
+          if (st.finish->n_generated > 0) metrics.observe_ttft(st.finish->ttft_ms / 1e3);
+          if (f.n_done == f.handles.size()) log_request(f);
           if (f.stream)
             for (const json& j : f.fmt->on_finish(int(i), st))
               if (!write_event(f, write, j)) return Advance::Gone;
@@ -484,7 +486,7 @@ struct HttpServer::Impl {
   void client_gone(const Flow& f) {
     for (auto& h : f.handles) h->cancel();
     metrics.count_disconnect();
-    spdlog::info("{} {} client disconnected, cancelled", f.id, f.route);
+    if (f.n_done < f.handles.size()) log_request(f, "cancelled (client disconnected)");
   }
 
   void response_failed(const Flow& f, const char* what) {
@@ -552,6 +554,7 @@ struct HttpServer::Impl {
 
   void observe_gaps(Flow& f, size_t i, const Chunk& c) {
     if (c.tokens.empty()) return;
+    if (f.first_token == Clock::time_point()) f.first_token = c.at;
     if (f.last_chunk[i] != Clock::time_point()) {
       double gap = std::chrono::duration<double>(c.at - f.last_chunk[i]).count() / double(c.tokens.size());
       for (size_t k = 0; k < c.tokens.size(); ++k) metrics.observe_inter_token(gap);
@@ -559,25 +562,53 @@ struct HttpServer::Impl {
     f.last_chunk[i] = c.at;
   }
 
-  void log_finish(const Flow& f, const ChoiceState& st) {
-    const Finish& fin = *st.finish;
-    if (fin.n_generated > 0) metrics.observe_ttft(fin.ttft_ms / 1e3);
-    const double tps = fin.predict_ms > 0 ? 1e3 * double(fin.n_generated) / fin.predict_ms : 0.0;
-    if (fin.reason == FinishReason::Error) {
-      spdlog::warn("{} {} prompt={} cached={} generated={} error: {}", f.id, f.route, fin.n_prompt, fin.n_cached,
-                   fin.n_generated, fin.error);
-    } else {
-      spdlog::info("{} {} prompt={} cached={} generated={} ttft={:.0f}ms {:.1f} tok/s finish={}{}", f.id, f.route,
-                   fin.n_prompt, fin.n_cached, fin.n_generated, fin.ttft_ms, tps, finish_reason_name(fin.reason),
-                   fin.error.empty() ? "" : " (" + fin.error + ")");
+  // The request's one log line, when its last choice has finished (or `cut` says why it ended
+  // early): id, route, prompt tokens, of them reused from the cache, generated tokens, time to
+  // the first token, generation speed and finish reason, summed over its choices (prompts × n).
+  void log_request(const Flow& f, const char* cut = nullptr) {
+    int64_t prompt = 0, cached = 0, generated = 0;
+    double ttft = -1, predict_ms = 0;
+    std::string reasons, error;
+    for (const ChoiceState& st : f.states) {
+      prompt += st.n_prompt;
+      if (!st.finish) {
+        generated += int64_t(st.tokens.size());
+        continue;
+      }
+      const Finish& fin = *st.finish;
+      cached += fin.n_cached;
+      generated += fin.n_generated;
+      if (fin.n_generated > 0 && (ttft < 0 || fin.ttft_ms < ttft)) ttft = fin.ttft_ms;
+      predict_ms = std::max(predict_ms, fin.predict_ms);
+      const std::string r = finish_reason_name(fin.reason);
+      if (reasons.find(r) == std::string::npos) reasons += (reasons.empty() ? "" : ",") + r;
+      if (!fin.error.empty() && error.empty()) error = fin.error;
     }
+    if (cut && f.first_token != Clock::time_point()) {  // from the flow's own clock
+      const double since_first = std::chrono::duration<double, std::milli>(Clock::now() - f.first_token).count();
+      ttft = std::chrono::duration<double, std::milli>(f.first_token - f.t0).count();
+      predict_ms = std::max(predict_ms, since_first);
+    }
+    const double tps = predict_ms > 0 ? 1e3 * double(generated) / predict_ms : 0.0;
+    const std::string choices = f.states.size() > 1 ? " choices=" + std::to_string(f.states.size()) : "";
+    const std::string ttft_s = ttft < 0 ? "-" : fmt::format("{:.0f}ms", ttft);
+    const std::string finish = cut ? std::string(cut) : reasons + (error.empty() ? "" : " (" + error + ")");
+    if (!cut && reasons.find(finish_reason_name(FinishReason::Error)) != std::string::npos)
+      spdlog::warn("{} {}{} prompt={} cached={} generated={} ttft={} {:.1f} tok/s finish={}", f.id, f.route, choices,
+                   prompt, cached, generated, ttft_s, tps, finish);
+    else
+      spdlog::info("{} {}{} prompt={} cached={} generated={} ttft={} {:.1f} tok/s finish={}", f.id, f.route, choices,
+                   prompt, cached, generated, ttft_s, tps, finish);
   }
 
   // ---- routes -------------------------------------------------------------------------------------
 
   void routes() {
     svr.Get("/health", [this](const httplib::Request&, httplib::Response& res) {
-      if (svc.ready()) {
+      if (svc.draining()) {
+        res.set_header("Retry-After", "1");
+        send_json(res, 503, error_body(ErrorStyle::LlamaCpp, ApiError(503, "shutting down")));
+      } else if (svc.ready()) {
         send_json(res, 200, {{"status", "ok"}});
       } else {
         std::string err = svc.load_error();
@@ -799,7 +830,20 @@ struct HttpServer::Impl {
     });
     svr.set_logger([this](const httplib::Request& req, const httplib::Response& res) {
       metrics.count_request(route_label(req.path), res.status);
-      if (res.status >= 400) spdlog::info("{} {} -> {}", req.method, route_label(req.path), res.status);
+      // A refused request's one line: its status and the error message its body carries.
+      if (res.status >= 400) {
+        std::string msg;
+        try {
+          const json j = json::parse(res.body);
+          const json& e = j.contains("error") ? j["error"] : j;
+          msg = e.is_string() ? e.get<std::string>() : e.is_object() && e.contains("message") && e["message"].is_string()
+                                                           ? e["message"].get<std::string>()
+                                                           : "";
+        } catch (const std::exception&) {
+        }
+        spdlog::info("req-{} {} {} -> {}{}{}", next_id++, req.method, route_label(req.path), res.status,
+                     msg.empty() ? "" : ": ", msg);
+      }
     });
   }
 

@@ -96,7 +96,9 @@ ParsedCompletion parse_ollama_generate(const json& b, const ServiceInfo& info) {
   s.penalty_last_n = int32_t(jf::get_int(opts, "repeat_last_n", -1, 1 << 24).value_or(64));
   s.presence_penalty = float(jf::get_number(opts, "presence_penalty", -100, 100).value_or(0));
   s.frequency_penalty = float(jf::get_number(opts, "frequency_penalty", -100, 100).value_or(0));
-  if (auto seed = jf::get_int(opts, "seed", INT64_MIN, INT64_MAX); seed && *seed != 0) {
+  // Ollama's documented default is 0 and its own runner's -1, both a random seed: only a
+  // positive seed fixes the sampling.
+  if (auto seed = jf::get_int(opts, "seed", INT64_MIN, INT64_MAX); seed && *seed > 0) {
     s.seed = uint64_t(*seed);
     g.seed_given = true;
   }

@@ -383,7 +383,7 @@ ParsedCompletion parse_mistral_fim(const json& b, const ServiceInfo& info) {
   parse_common_sampling(b, g, 0.7, 1.5);
   g.stop.max_tokens = int32_t(jf::get_int(b, "max_tokens", 0, info.n_ctx).value_or(-1));
   if (jf::get_int(b, "min_tokens", 0, info.n_ctx).value_or(0) > 0) throw bad_request("min_tokens", "is not supported");
-  g.stop.stop_strings = jf::get_string_list(b, "stop", 16).value_or(std::vector<std::string>{});
+  g.stop.stop_strings = jf::get_string_list(b, "stop", 32).value_or(std::vector<std::string>{});
   if (auto seed = jf::get_int(b, "random_seed", INT64_MIN, INT64_MAX)) {
     g.sampling.seed = uint64_t(*seed);
     g.seed_given = true;

@@ -89,6 +89,7 @@ std::string CompletionService::backend_name() const { return backend_ ? backend_
 int64_t CompletionService::weight_bytes() const { return model_ ? model_->weight_bytes() : 0; }
 
 void CompletionService::shutdown(std::chrono::milliseconds grace) {
+  draining_ = true;
   if (loader_.joinable()) loader_.join();
   if (sched_) sched_->shutdown(grace);
 }

@@ -70,6 +70,8 @@ class CompletionService {
   // Loads on the calling thread (throws on failure).
   void load();
   bool ready() const { return ready_.load(); }
+  // Since shutdown() began (SIGTERM): /health says 503 so that a balancer stops sending work.
+  bool draining() const { return draining_.load(); }
   std::string load_error() const;
 
   // Throws ApiError (400 with the field name) when the prompt cannot be served.
@@ -106,6 +108,7 @@ class CompletionService {
   FimTemplate fim_;
   std::vector<int32_t> eos_ids_;
   std::atomic<bool> ready_{false};
+  std::atomic<bool> draining_{false};
   mutable std::mutex mu_;
   std::string load_error_;
   std::thread loader_;

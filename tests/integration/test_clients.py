@@ -1,6 +1,7 @@
 """Requests shaped exactly as the plugins send them (read from their sources: llama.vim's
 autoload/llama.vim, llama.vscode's src/llama-server.ts, Continue's core/llm/llms/LlamaCpp.ts,
-Ollama.ts and stream.ts), with the response fields those plugins read."""
+Ollama.ts, OpenAI.ts (_streamFim, which its Mistral provider uses) and stream.ts), with the
+response fields those plugins read."""
 
 import unittest
 
@@ -100,13 +101,18 @@ class Plugins(h.ServerTest):
         objs = h.ndjson(s.lines())
         self.assertEqual(h.ollama_text(objs), FIM["middle"])
 
-    def test_continue_openai_provider_fim(self):
-        # Continue's OpenAI provider, autocomplete through /v1/completions with suffix.
-        r = self.server.post_json("/v1/completions", {
+    def test_continue_mistral_provider_fim(self):
+        # Continue's Mistral provider (supportsFim): _streamFim posts to {apiBase}fim/completions,
+        # streaming, with both key headers ("Bearer undefined" without a key), and reads
+        # choices[0].delta.content of each event.
+        s = self.server.stream("/v1/fim/completions", {
             "model": h.MODEL_NAME, "prompt": FIM["prefix"], "suffix": FIM["suffix"], "max_tokens": 64,
             "temperature": 0, "top_p": 1, "frequency_penalty": 0, "presence_penalty": 0,
-            "stop": ["\n\n", "```", "<|endoftext|>", "/src/"], "stream": False})
-        self.assertEqual(r["choices"][0]["text"], FIM["middle"])
+            "stop": ["\n\n", "```", "<|endoftext|>", "/src/"], "stream": True},
+            headers={"Accept": "application/json", "x-api-key": "", "Authorization": "Bearer undefined"})
+        self.assertEqual(s.status, 200)
+        events = h.sse_json(s.sse())
+        self.assertEqual("".join(e["choices"][0]["delta"]["content"] for e in events), FIM["middle"])
 
 
 class Browsers(h.ServerTest):

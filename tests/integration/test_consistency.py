@@ -126,6 +126,15 @@ class DialectsAgree(h.ServerTest):
         o2 = self.server.post_json("/v1/completions", {"prompt": prompt, "max_tokens": 24,
                                                        "temperature": 1.5, "seed": 42})
         self.assertEqual(o1["choices"][0]["text"], o2["choices"][0]["text"])
+        # Ollama: a positive seed fixes the draw; -1 (its runner's default) and 0 (its documented
+        # default) draw a fresh one each time.
+        def ollama(seed):
+            return self.server.post_json("/api/generate", {
+                "prompt": prompt, "raw": True, "stream": False,
+                "options": {"num_predict": 24, "temperature": 2, "top_k": 0, "top_p": 1, "seed": seed}})["response"]
+        self.assertEqual(ollama(42), ollama(42))
+        for seed in (-1, 0):
+            self.assertGreater(len({ollama(seed) for _ in range(4)}), 1, f"seed {seed} gave one text four times")
 
 
 if __name__ == "__main__":

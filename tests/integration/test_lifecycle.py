@@ -1,11 +1,14 @@
 """The process around the routes: SIGTERM drains (a running stream ends, finished or cancelled,
-new work is refused, and the process exits 0 within the grace period); a second server on a
+new work is refused, /health says 503, and the process exits 0 within the grace period); /health
+says 503 while the model loads; the server listens on 127.0.0.1 only by default; one log line
+per request, refused ones included; a second server on a
 port in use fails at once with a clear message; configuration comes from a --config JSON file,
 HYCO_* environment variables and flags, flags winning, and an unknown or invalid key stops the
 start with a message naming it; a model that cannot be loaded ends the process."""
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -72,6 +75,9 @@ class Shutdown(unittest.TestCase):
             try:
                 r = srv.post("/completion", {"prompt": "fn", "n_predict": 2}, timeout=5)
                 self.assertEqual(r.status, 503, r)
+                r = srv.get("/health", timeout=5)  # a balancer stops sending work
+                self.assertEqual(r.status, 503, r)
+                self.assertIn("shutting down", r.json()["error"]["message"])
             except OSError:
                 pass
             rest = list(events)
@@ -108,6 +114,101 @@ class Shutdown(unittest.TestCase):
     def test_sigint_when_idle_exits_0(self):
         srv = h.Server("--threads", "1").start()
         self.assertEqual(srv.stop(signal.SIGINT, timeout=5), 0)
+
+
+class Loading(unittest.TestCase):
+    def test_health_is_503_until_the_model_is_loaded(self):
+        # config.json is a FIFO: loading waits on it until the test writes it.
+        with tempfile.TemporaryDirectory() as d:
+            for f in ("tokenizer.model", "model.safetensors"):
+                os.symlink(os.path.join(h.MODEL, f), os.path.join(d, f))
+            fifo = os.path.join(d, "config.json")
+            os.mkfifo(fifo)
+            with open(os.path.join(h.MODEL, "config.json"), "rb") as f:
+                config = f.read()
+            srv = h.Server("--threads", "1", model=d, wait_ready=False).start()
+            written = False
+            try:
+                r = srv.get("/health")
+                self.assertEqual(r.status, 503, r)
+                self.assertEqual(r.headers.get("retry-after"), "1")
+                self.assertIn("Loading model", r.json()["error"]["message"])
+                r = srv.post("/completion", {"prompt": "fn", "n_predict": 2})
+                self.assertEqual(r.status, 503, r)
+                self.assertIn("loading", r.body.decode())
+                # The loader has the FIFO open for reading once a non-blocking open for writing works.
+                fd = srv.wait_for(lambda: _open_fifo_for_writing(fifo), 10, "the loader to open config.json")
+                os.write(fd, config)
+                os.close(fd)
+                written = True
+                srv.wait_for(lambda: srv.get("/health").status == 200, 20, "the model to load")
+                self.assertEqual(srv.post("/completion", {"prompt": "fn", "n_predict": 2}).status, 200)
+            finally:
+                if not written:  # the loader may still wait on the FIFO: SIGTERM waits for the load
+                    srv.stop(signal.SIGKILL)
+                else:
+                    srv.stop()
+
+
+def _open_fifo_for_writing(path):
+    try:
+        return os.open(path, os.O_WRONLY | os.O_NONBLOCK)
+    except OSError:  # ENXIO: no reader yet
+        return None
+
+
+class Listening(unittest.TestCase):
+    def test_binds_loopback_only_by_default(self):
+        with h.Server("--threads", "1") as srv:
+            # The listening socket of the port, from the kernel's table: local address 127.0.0.1.
+            want = f":{srv.port:04X}"
+            rows = []
+            for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+                with open(table) as f:
+                    rows += [line.split() for line in f.readlines()[1:]]
+            listening = [r[1] for r in rows if r[1].endswith(want) and r[3] == "0A"]  # 0A: LISTEN
+            self.assertEqual(listening, ["0100007F" + want], listening)
+
+
+class RequestLog(h.ServerTest):
+    SERVER_ARGS = ("--threads", "1")
+
+    def lines(self, pattern, n=1):
+        """The log lines matching pattern, once there are n of them."""
+        rx = re.compile(pattern)
+        return self.server.wait_for(
+            lambda: [l for l in self.server.log().splitlines() if rx.search(l)][:n] if
+            len([l for l in self.server.log().splitlines() if rx.search(l)]) >= n else None, 5, pattern)
+
+    def test_one_line_per_request_with_its_counts(self):
+        r = self.server.post_json("/v1/completions", {"prompt": h.cases()["plain"][0]["prompt"], "max_tokens": 4,
+                                                      "n": 3, "temperature": 0})
+        generated = r["usage"]["completion_tokens"]
+        self.assertEqual(generated, 12, r)
+        self.lines(rf"req-\d+ /v1/completions choices=3 prompt=\d+ cached=\d+ generated=12 "
+                   rf"ttft=\d+ms [\d.]+ tok/s finish=length$")
+        self.assertEqual(len(re.findall(r"/v1/completions choices=3 ", self.server.log())), 1, "one line, not one per choice")
+        self.server.post_json("/infill", {"input_prefix": "fn add(a: i32, b: i32) -> i32 {\n    ",
+                                          "input_suffix": "\n}\n", "n_predict": 3, "temperature": 0})
+        self.lines(r"req-\d+ /infill prompt=\d+ cached=\d+ generated=\d ttft=\d+ms [\d.]+ tok/s finish=(stop|length)$")
+
+    def test_a_refused_request_logs_its_status_and_message(self):
+        r = self.server.post("/v1/completions", {"prompt": "x", "max_tokens": -3})
+        self.assertEqual(r.status, 400)
+        self.lines(r"req-\d+ POST /v1/completions -> 400: 'max_tokens' must be")
+        self.assertEqual(self.server.post("/api/generate", {"prompt": 5}).status, 400)
+        self.lines(r"req-\d+ POST /api/generate -> 400: 'prompt' must be a string")
+
+    def test_a_disconnected_stream_logs_what_it_generated(self):
+        s = self.server.stream("/completion", {"prompt": "fn main() {", "n_predict": 1500, "ignore_eos": True,
+                                               "temperature": 0, "stream": True})
+        events = s.sse()
+        next(events)
+        next(events)
+        s.close(abort=True)
+        self.lines(r"req-\d+ /completion prompt=\d+ cached=\d+ generated=[1-9]\d* ttft=\d+ms [\d.]+ tok/s "
+                   r"finish=cancelled \(client disconnected\)$")
+        self.server.wait_idle()
 
 
 class Startup(unittest.TestCase):
