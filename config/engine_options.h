@@ -20,7 +20,7 @@ struct EngineOptions {
   std::string device = "auto";  // auto | cpu | cuda
   int threads = 0;              // CPU threads; 0 = one per core
   std::string attention;        // --attention override spec; empty = the model's pattern
-  std::string weights = "auto"; // matrix dtype on the device: auto | f32 | bf16 | f16
+  std::string weights = "auto"; // matrix dtype on the device: auto | f32 | bf16 | f16 | q8
   std::string kv_dtype = "auto";  // auto | f32 | bf16 | f16 | q8
   int ctx = 0;                  // max positions per sequence; 0 = the model's, capped at 32768
   int kv_rollback = 256;        // R of the local rings
@@ -39,7 +39,10 @@ extern const CLI::Validator kNotEmpty;
 // Registers the flags on `app` (env vars HYCO_MODEL, HYCO_DEVICE, HYCO_THREADS, ...).
 void add_engine_options(CLI::App& app, EngineOptions& o);
 
-// The default model directory: $HYCO_MODEL_DIR's fallback chain documented in the README.
+// The default model directory (used when --model / HYCO_MODEL is empty): hyco-rust under the
+// source tree's models/ (HYCO_SOURCE_MODELS_DIR, fixed at build time) when it has a config.json,
+// else the one under the install prefix's share/hyco/models (HYCO_INSTALL_MODELS_DIR) when it has
+// one, else the source-tree path. Reads no environment variable.
 std::string default_model_dir();
 
 // Throws InvalidArgument with the flag name when a value is invalid.
