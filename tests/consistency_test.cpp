@@ -193,6 +193,39 @@ TEST_CASE("a prompt that extends a cached one reuses its prefix and equals a fre
   }
 }
 
+TEST_CASE("keys in blocks out of order, first and last of a tile in place, equal a fresh computation",
+          "[consistency]") {
+  // 16-position blocks: a sequence whose table is [0, 5, 2, 3] has a 64-slot tile whose first and
+  // last slots are where one run of slots 0..63 would put them, while positions 16..31 live in
+  // block 5 (block 1 holds another sequence's keys). Built with the cache's LIFO free list.
+  for (DType kv_dtype : {DType::F32, DType::Q8}) {
+    SECTION(kv_dtype == DType::Q8 ? "q8 kv cache" : "f32 kv cache") {
+      Engine e(hyco::test::tiny_config("GG"), kv_dtype, 0, DType::F32, 16);
+      auto kv = e.cache();
+      SeqId a = *kv->create(), b = *kv->create(), c = *kv->create();
+      auto ta = hyco::test::random_tokens(64, 200, 21), tb = hyco::test::random_tokens(32, 200, 22),
+           tc = hyco::test::random_tokens(16, 200, 23), more = hyco::test::random_tokens(49, 200, 24);
+      e.feed(*kv, a, ta, 64);                                                    // a: 0 1 2 3
+      e.feed(*kv, b, std::vector<int32_t>(tb.begin(), tb.begin() + 16), 16);     // b: 4
+      e.feed(*kv, c, tc, 16);                                                    // c: 5
+      kv->truncate(a, 16);                                                       // frees 3, 2, 1
+      e.feed(*kv, b, std::vector<int32_t>(tb.begin() + 16, tb.end()), 16);       // b: 4 1
+      kv->release(c);                                                            // frees 5
+      auto got = e.feed(*kv, a, more, 7);                                        // a: 0 5 2 3 6
+      std::vector<int32_t> table(size_t(kv->max_table_len()));
+      kv->fill_table(a, table.data(), int32_t(table.size()));
+      INFO("table " << table[0] << " " << table[1] << " " << table[2] << " " << table[3]);
+      REQUIRE((table[0] == 0 && table[1] == 5 && table[2] == 2 && table[3] == 3));
+      std::vector<int32_t> all(ta.begin(), ta.begin() + 16);
+      all.insert(all.end(), more.begin(), more.end());
+      auto fresh_kv = e.cache();
+      auto fresh = e.feed(*fresh_kv, *fresh_kv->create(), all, 65);
+      std::vector<float> want(fresh.end() - std::ptrdiff_t(more.size()) * e.model->config().n_vocab, fresh.end());
+      CHECK(max_abs_diff(got, want) <= 1e-5f * max_abs(want));
+    }
+  }
+}
+
 TEST_CASE("a cached sequence rolled past its ring reserve is not reused on local layers", "[consistency]") {
   Engine e(hyco::test::tiny_config("LLLG", 8), DType::F32, 4);
   auto kv = e.cache();

@@ -852,13 +852,21 @@ inline void copy_kv_run(const AttentionParams& p, int64_t base, int g, int a, in
 }
 
 // Cached keys [lo, c_hi) of the tile at jb on consecutive slots of one aligned group: that
-// group's first slot, else -1 (also when the range is empty).
+// group's first slot, else -1 (also when the range is empty). A local layer's ring maps a tile
+// linearly or, across the sinks' edge, visibly not (its ends tell); a global layer's blocks
+// smaller than a tile are each checked, since blocks in the middle may lie elsewhere.
 inline int64_t cached_run_base(const AttentionParams& p, const SeqSpan& sp, const int32_t* table, int32_t jb, int32_t lo,
                                int32_t c_hi) {
   if (lo >= c_hi) return -1;
   const int64_t s_lo = kv_slot(p.layout, sp, table, lo);
   const int64_t b0 = s_lo - (lo - jb);
-  return b0 % kKeyTile == 0 && kv_slot(p.layout, sp, table, c_hi - 1) == s_lo + (c_hi - 1 - lo) ? b0 : -1;
+  if (b0 % kKeyTile != 0) return -1;
+  if (!p.layout.local) {
+    const int32_t bs = p.layout.block_size;
+    for (int32_t q = (lo / bs + 1) * bs; q < c_hi; q += bs)
+      if (kv_slot(p.layout, sp, table, q) != s_lo + (q - lo)) return -1;
+  }
+  return kv_slot(p.layout, sp, table, c_hi - 1) == s_lo + (c_hi - 1 - lo) ? b0 : -1;
 }
 
 // Keys and values of positions [a, b), one by one, into the columns of the tile at jb.
