@@ -5,6 +5,7 @@
 
 #include <filesystem>
 #include <random>
+#include <stdexcept>
 
 #include <spdlog/spdlog.h>
 
@@ -34,7 +35,10 @@ void CompletionService::start_loading() {
     } catch (const std::exception& e) {
       std::lock_guard<std::mutex> lk(mu_);
       load_error_ = e.what();
-      spdlog::error("loading the model failed: {}", e.what());
+      if (draining_)
+        spdlog::info("loading the model stopped: the server is shutting down");
+      else
+        spdlog::error("loading the model failed: {}", e.what());
     }
   });
 }
@@ -51,6 +55,8 @@ void CompletionService::load() {
   LoadOptions lo = to_load_options(opts_.engine);
   double last = -1;
   lo.progress = [&](const LoadProgress& p) {
+    // A shutdown during the load ends it at the next tensor rather than after the last one.
+    if (draining_) throw std::runtime_error("shutting down");
     if (p.tensors_done != p.tensors_total && p.seconds - last < 1.0) return;
     last = p.seconds;
     spdlog::info("loading model: {:.1f} / {:.1f} MB, {} / {} tensors, {:.1f} s", double(p.bytes_done) / 1e6,

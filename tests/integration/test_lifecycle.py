@@ -150,6 +150,29 @@ class Loading(unittest.TestCase):
                     srv.stop()
 
 
+    def test_sigterm_while_loading_stops_the_load_and_exits_0(self):
+        with tempfile.TemporaryDirectory() as d:
+            for f in ("tokenizer.model", "model.safetensors"):
+                os.symlink(os.path.join(h.MODEL, f), os.path.join(d, f))
+            fifo = os.path.join(d, "config.json")
+            os.mkfifo(fifo)
+            with open(os.path.join(h.MODEL, "config.json"), "rb") as f:
+                config = f.read()
+            srv = h.Server("--threads", "1", model=d, wait_ready=False).start()
+            try:
+                fd = srv.wait_for(lambda: _open_fifo_for_writing(fifo), 10, "the loader to open config.json")
+                srv.proc.send_signal(signal.SIGTERM)
+                srv.wait_for(lambda: "SIGTERM received" in srv.log(), 5, "the drain to start")
+                os.write(fd, config)  # the load goes on, to its first tensor
+                os.close(fd)
+                srv.proc.wait(10)
+                self.assertEqual(srv.proc.returncode, 0, srv.log()[-2000:])
+                self.assertIn("loading the model stopped", srv.log())
+                self.assertNotIn(" ready: ", srv.log())
+            finally:
+                srv.stop(signal.SIGKILL)
+
+
 def _open_fifo_for_writing(path):
     try:
         return os.open(path, os.O_WRONLY | os.O_NONBLOCK)
