@@ -149,7 +149,11 @@ OpCase gather_case() {
 // per sequence, then reads what the first step stored. Output: both steps' attention rows.
 // `long_ctx`: histories of 700 and 300 positions and a 200-token window, so that a row's keys
 // span many tiles (and the CUDA kernel splits them over several blocks).
-OpCase attention_case(bool local, int sinks, int n_heads, int n_kv, int hd, DType kv_dtype, bool long_ctx = false) {
+// `stale`: the cache starts filled with all-ones bytes (NaN in f32, bf16 and the Q8 scales) instead
+// of zeros, like slots last written by another sequence that overflowed; none of it may reach the
+// output.
+OpCase attention_case(bool local, int sinks, int n_heads, int n_kv, int hd, DType kv_dtype, bool long_ctx = false,
+                      bool stale = false) {
   std::string name = std::string("attention ") + (local ? "local" : "global") + (sinks ? "+sinks" : "") + " " +
                      std::to_string(n_heads) + "/" + std::to_string(n_kv) + "x" + std::to_string(hd) + " kv " +
                      std::string(dtype_name(kv_dtype)) + (long_ctx ? " long" : "");
@@ -178,6 +182,9 @@ OpCase attention_case(bool local, int sinks, int n_heads, int n_kv, int hd, DTyp
               KS = b.alloc(DType::F32, slots, n_kv);
               VS = b.alloc(DType::F32, slots, n_kv);
             }
+            if (stale)
+              for (Tensor* t : {&K, &V, &KS, &VS})
+                if (!t->empty()) b.upload(*t, std::vector<uint8_t>(t->n_bytes(), 0xFF).data());
             (void)R;
             // One step: spans of the given (start position, new tokens); attention + store_kv.
             std::vector<float> out;
@@ -306,6 +313,11 @@ std::vector<OpCase> q8_weight_cases() {
 std::vector<OpCase> attention_cases_extra(DType kv) {
   return {attention_case(false, 0, 6, 2, 96, kv), attention_case(true, 2, 5, 1, 80, kv, true),
           attention_case(false, 0, 3, 1, 112, kv, true), attention_case(true, 0, 4, 2, 18, kv)};
+}
+
+std::vector<OpCase> attention_cases_stale(DType kv) {
+  return {attention_case(true, 0, 4, 2, 32, kv, false, true), attention_case(false, 0, 8, 2, 64, kv, true, true),
+          attention_case(true, 4, 8, 1, 128, kv, true, true)};
 }
 
 std::vector<OpCase> attention_cases(DType kv) {

@@ -26,6 +26,9 @@ std::vector<OpCase> attention_cases(DType kv_dtype);
 // count of the integer score kernel), head_dim 80/96/112 and one not divisible by 4 (the f32
 // fallback of the integer scores).
 std::vector<OpCase> attention_cases_extra(DType kv_dtype);
+// Three of attention_cases (the 2nd, 6th and 7th) over a cache that starts as all-ones bytes
+// (NaN) instead of zeros.
+std::vector<OpCase> attention_cases_stale(DType kv_dtype);
 
 // Matmul and embed with 8-bit weights (CPU only): the same shapes as backend_op_cases' f32 and
 // bf16 ones, plus a 16-row decode batch.

@@ -46,6 +46,12 @@ TEST_CASE("every op on the GPU matches the CPU backend", "[gpu]") {
   check_against_cpu(*gpu, backend_op_cases());
 }
 
+TEST_CASE("on the GPU too, cache slots holding NaN from before never reach the output", "[gpu]") {
+  if (!gpu_or_skip()) return;
+  auto gpu = make_cuda_backend();
+  for (DType kv : {DType::F32, DType::BF16}) check_against_cpu(*gpu, attention_cases_stale(kv));
+}
+
 TEST_CASE("GPU logits and greedy tokens match the PyTorch reference for every suite model", "[gpu]") {
   if (!gpu_or_skip()) return;
   REQUIRE(fs::exists(kSuite / "suite.json"));

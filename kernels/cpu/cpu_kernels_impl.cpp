@@ -1237,10 +1237,16 @@ void attention_task(const AttentionParams& p, const AttnTask& task, float* scrat
         // Weights × the values' scales to 8 bits per row, times the 8-bit values in integers.
         quantize_weights(Sc, rows, vsc, pq, ps);
         pv_q8_tile(rows, pq, ps, vt8, hd, O, hdp);
-      } else if (vt16)
-        tile_gemm(rows, Sc, kKeyTile, vt16, ldv, kKeyTile, hd, O, hdp, true);
-      else
-        tile_gemm(rows, Sc, kKeyTile, vt, ldv, kKeyTile, hd, O, hdp, true);
+      } else {
+        // Only the tile's columns [lo, hi): the others carry weight 0, but a tile read in place
+        // may hold another position's value there (a stale slot), and 0 · inf would be NaN. (The
+        // sums are unchanged: adding 0 · v changes none.)
+        const int c0 = int(lo - jb), nc = int(hi - lo);
+        if (vt16)
+          tile_gemm(rows, Sc + c0, kKeyTile, vt16 + int64_t(c0) * ldv, ldv, nc, hd, O, hdp, true);
+        else
+          tile_gemm(rows, Sc + c0, kKeyTile, vt + int64_t(c0) * ldv, ldv, nc, hd, O, hdp, true);
+      }
     }
   };
 
