@@ -117,60 +117,52 @@ class Shutdown(unittest.TestCase):
 
 
 class Loading(unittest.TestCase):
-    def test_health_is_503_until_the_model_is_loaded(self):
-        # config.json is a FIFO: loading waits on it until the test writes it.
-        with tempfile.TemporaryDirectory() as d:
-            for f in ("tokenizer.model", "model.safetensors"):
-                os.symlink(os.path.join(h.MODEL, f), os.path.join(d, f))
-            fifo = os.path.join(d, "config.json")
-            os.mkfifo(fifo)
-            with open(os.path.join(h.MODEL, "config.json"), "rb") as f:
-                config = f.read()
-            srv = h.Server("--threads", "1", model=d, wait_ready=False).start()
-            written = False
-            try:
-                r = srv.get("/health")
-                self.assertEqual(r.status, 503, r)
-                self.assertEqual(r.headers.get("retry-after"), "1")
-                self.assertIn("Loading model", r.json()["error"]["message"])
-                r = srv.post("/completion", {"prompt": "fn", "n_predict": 2})
-                self.assertEqual(r.status, 503, r)
-                self.assertIn("loading", r.body.decode())
-                # The loader has the FIFO open for reading once a non-blocking open for writing works.
-                fd = srv.wait_for(lambda: _open_fifo_for_writing(fifo), 10, "the loader to open config.json")
-                os.write(fd, config)
-                os.close(fd)
-                written = True
-                srv.wait_for(lambda: srv.get("/health").status == 200, 20, "the model to load")
-                self.assertEqual(srv.post("/completion", {"prompt": "fn", "n_predict": 2}).status, 200)
-            finally:
-                if not written:  # the loader may still wait on the FIFO: SIGTERM waits for the load
-                    srv.stop(signal.SIGKILL)
-                else:
-                    srv.stop()
+    """The model's config.json is a FIFO: loading waits on it until the test writes it."""
 
+    def setUp(self):
+        self.dir = tempfile.TemporaryDirectory()
+        for f in ("tokenizer.model", "model.safetensors"):
+            os.symlink(os.path.join(h.MODEL, f), os.path.join(self.dir.name, f))
+        self.fifo = os.path.join(self.dir.name, "config.json")
+        os.mkfifo(self.fifo)
+        with open(os.path.join(h.MODEL, "config.json"), "rb") as f:
+            self.config = f.read()
+        self.srv = h.Server("--threads", "1", model=self.dir.name, wait_ready=False).start()
+
+    def tearDown(self):
+        self.srv.stop(signal.SIGKILL)  # (SIGTERM waits for a load still held on the FIFO)
+        self.dir.cleanup()
+
+    def open_fifo(self):
+        """The FIFO for writing, once the loader has it open for reading."""
+        return self.srv.wait_for(lambda: _open_fifo_for_writing(self.fifo), 10, "the loader to open config.json")
+
+    def test_health_is_503_until_the_model_is_loaded(self):
+        srv = self.srv
+        r = srv.get("/health")
+        self.assertEqual(r.status, 503, r)
+        self.assertEqual(r.headers.get("retry-after"), "1")
+        self.assertIn("Loading model", r.json()["error"]["message"])
+        r = srv.post("/completion", {"prompt": "fn", "n_predict": 2})
+        self.assertEqual(r.status, 503, r)
+        self.assertIn("loading", r.body.decode())
+        fd = self.open_fifo()
+        os.write(fd, self.config)
+        os.close(fd)
+        srv.wait_for(lambda: srv.get("/health").status == 200, 20, "the model to load")
+        self.assertEqual(srv.post("/completion", {"prompt": "fn", "n_predict": 2}).status, 200)
 
     def test_sigterm_while_loading_stops_the_load_and_exits_0(self):
-        with tempfile.TemporaryDirectory() as d:
-            for f in ("tokenizer.model", "model.safetensors"):
-                os.symlink(os.path.join(h.MODEL, f), os.path.join(d, f))
-            fifo = os.path.join(d, "config.json")
-            os.mkfifo(fifo)
-            with open(os.path.join(h.MODEL, "config.json"), "rb") as f:
-                config = f.read()
-            srv = h.Server("--threads", "1", model=d, wait_ready=False).start()
-            try:
-                fd = srv.wait_for(lambda: _open_fifo_for_writing(fifo), 10, "the loader to open config.json")
-                srv.proc.send_signal(signal.SIGTERM)
-                srv.wait_for(lambda: "SIGTERM received" in srv.log(), 5, "the drain to start")
-                os.write(fd, config)  # the load goes on, to its first tensor
-                os.close(fd)
-                srv.proc.wait(10)
-                self.assertEqual(srv.proc.returncode, 0, srv.log()[-2000:])
-                self.assertIn("loading the model stopped", srv.log())
-                self.assertNotIn(" ready: ", srv.log())
-            finally:
-                srv.stop(signal.SIGKILL)
+        srv = self.srv
+        fd = self.open_fifo()
+        srv.proc.send_signal(signal.SIGTERM)
+        srv.wait_for(lambda: "SIGTERM received" in srv.log(), 5, "the drain to start")
+        os.write(fd, self.config)  # the load goes on, to its first tensor
+        os.close(fd)
+        srv.proc.wait(10)
+        self.assertEqual(srv.proc.returncode, 0, srv.log()[-2000:])
+        self.assertIn("loading the model stopped", srv.log())
+        self.assertNotIn(" ready: ", srv.log())
 
 
 def _open_fifo_for_writing(path):
