@@ -316,13 +316,16 @@ class CpuBackend final : public Backend {
     // once per (span, kv head) and shared by the span's tasks, instead of by each task; those
     // stored early are read in place (unless global blocks smaller than a tile split them).
     const bool in_place = p.layout.local || p.layout.block_size % kKeyTile == 0;
+    auto stage_from = [&](int32_t s) {  // the span's first key to stage
+      return p.meta.spans[s].pos0 + (in_place ? stored_early_[size_t(s)] : 0);
+    };
     stage_jobs_.clear();
     staged_at_.assign(size_t(p.meta.n_spans) * size_t(p.n_kv_heads), -1);
     int64_t staged_floats = 0;
     const int64_t tile_floats = attention_tile_floats(p.head_dim);
     for (int32_t s = 0; s < p.meta.n_spans; ++s) {
       const SeqSpan& sp = p.meta.spans[s];
-      const int32_t from = sp.pos0 + (in_place ? stored_early_[size_t(s)] : 0);  // the first key to stage
+      const int32_t from = stage_from(s);
       if (sp.n_tokens <= tq || from == sp.pos0 + sp.n_tokens) continue;
       const int32_t jb0 = from - from % kKeyTile;
       const int32_t n_tiles = (sp.pos0 + sp.n_tokens - 1 - jb0) / kKeyTile + 1;
@@ -342,8 +345,7 @@ class CpuBackend final : public Backend {
       for (AttnTask& t : tasks_) {
         const int64_t at = staged_at_[size_t(t.s) * size_t(p.n_kv_heads) + size_t(t.g)];
         if (at < 0) continue;
-        const SeqSpan& sp = p.meta.spans[t.s];
-        const int32_t from = sp.pos0 + (in_place ? stored_early_[size_t(t.s)] : 0);
+        const int32_t from = stage_from(t.s);
         t.staged = staged_.data() + at;
         t.staged_jb0 = from - from % kKeyTile;
       }

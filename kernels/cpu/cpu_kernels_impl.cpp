@@ -291,6 +291,23 @@ inline void mk_rows(const float* a, int64_t lda, const BT* b, int64_t ldb, int64
 
 constexpr int kMR = 6;
 
+// Runs f.template operator()<MR>(r) over the row blocks [r, r + MR) of `rows` rows: kMR rows at a
+// time, then the rest as one block (a kernel's register tile is sized by MR at compile time).
+template <class F>
+inline void for_row_blocks(int rows, F&& f) {
+  static_assert(kMR == 6, "the tail below covers 1 to kMR - 1 rows");
+  int r = 0;
+  for (; r + kMR <= rows; r += kMR) f.template operator()<kMR>(r);
+  switch (rows - r) {
+    case 5: f.template operator()<5>(r); break;
+    case 4: f.template operator()<4>(r); break;
+    case 3: f.template operator()<3>(r); break;
+    case 2: f.template operator()<2>(r); break;
+    case 1: f.template operator()<1>(r); break;
+    default: break;
+  }
+}
+
 // c[rows, n] (+)= a[rows, K] · b[K, n] for a small tile: b rows (f32, or bf16 widened on the fly)
 // are ldb apart and readable up to a multiple of kPanel columns; only n columns are stored.
 template <class BT>
@@ -300,16 +317,9 @@ void tile_gemm(int rows, const float* a, int64_t lda, const BT* b, int64_t ldb, 
     const int nvalid = n - p * kPanel < kPanel ? n - p * kPanel : kPanel;
     const BT* bp = b + p * kPanel;
     float* cp = c + p * kPanel;
-    int r = 0;
-    for (; r + kMR <= rows; r += kMR) mk_rows<kMR>(a + r * lda, lda, bp, ldb, K, cp + r * ldc, ldc, nvalid, nullptr, accumulate);
-    switch (rows - r) {
-      case 5: mk_rows<5>(a + r * lda, lda, bp, ldb, K, cp + r * ldc, ldc, nvalid, nullptr, accumulate); break;
-      case 4: mk_rows<4>(a + r * lda, lda, bp, ldb, K, cp + r * ldc, ldc, nvalid, nullptr, accumulate); break;
-      case 3: mk_rows<3>(a + r * lda, lda, bp, ldb, K, cp + r * ldc, ldc, nvalid, nullptr, accumulate); break;
-      case 2: mk_rows<2>(a + r * lda, lda, bp, ldb, K, cp + r * ldc, ldc, nvalid, nullptr, accumulate); break;
-      case 1: mk_rows<1>(a + r * lda, lda, bp, ldb, K, cp + r * ldc, ldc, nvalid, nullptr, accumulate); break;
-      default: break;
-    }
+    for_row_blocks(rows, [&]<int MR>(int r) {
+      mk_rows<MR>(a + r * lda, lda, bp, ldb, K, cp + r * ldc, ldc, nvalid, nullptr, accumulate);
+    });
   }
 }
 
@@ -529,46 +539,25 @@ void gemm_q8_rows(const GemmArgs& g, int64_t m, int64_t p0, int64_t p1, const ui
 
 // Rows in blocks of kMR; within a block, all panels of the range (the panels of one block of
 // rows stay in L2 while the rows stream).
-template <template <int> class Op>
-void gemm_blocks(const GemmArgs& g, int64_t p0, int64_t p1, int64_t m0, int64_t m1) {
+// rows.template operator()<MR>(m, pa, pb): rows [m, m + MR) over panels [pa, pb).
+template <class Rows>
+void gemm_blocks(const GemmArgs& g, int64_t p0, int64_t p1, int64_t m0, int64_t m1, Rows&& rows) {
   // Panels in groups so that a group's weights (≤ ~1 MB) stay in L2 across all row blocks. A
   // few rows (decode) go over one panel at a time: it stays in L1/L2 for every row block and the
   // weights stream from memory once.
   int64_t panel_bytes = (g.Kq ? g.Kq * 4 : g.Kp ? g.Kp * 2 : g.K * 4) * kPanel;
   int64_t group = m1 - m0 <= 4 * kMR ? 1 : imax(1, (1 << 20) / imax(1, panel_bytes));
   for (int64_t pg = p0; pg < p1; pg += group) {
-    int64_t pe = imin(p1, pg + group);
-    int64_t m = m0;
-    for (; m + kMR <= m1; m += kMR) Op<kMR>::run(g, m, pg, pe);
-    switch (m1 - m) {
-      case 5: Op<5>::run(g, m, pg, pe); break;
-      case 4: Op<4>::run(g, m, pg, pe); break;
-      case 3: Op<3>::run(g, m, pg, pe); break;
-      case 2: Op<2>::run(g, m, pg, pe); break;
-      case 1: Op<1>::run(g, m, pg, pe); break;
-      default: break;
-    }
+    const int64_t pe = imin(p1, pg + group);
+    for_row_blocks(int(m1 - m0), [&]<int MR>(int r) { rows.template operator()<MR>(m0 + r, pg, pe); });
   }
 }
 
-template <int MR>
-struct F32Op {
-  static void run(const GemmArgs& g, int64_t m, int64_t p0, int64_t p1) { gemm_f32_rows<MR>(g, m, p0, p1); }
-};
-template <int MR>
-struct Bf16Op {
-  static void run(const GemmArgs& g, int64_t m, int64_t p0, int64_t p1) { gemm_bf16_rows<MR>(g, m, p0, p1); }
-};
-template <int MR>
-struct Q8Op {
-  static void run(const GemmArgs& g, int64_t m, int64_t p0, int64_t p1) { gemm_q8_rows<MR>(g, m, p0, p1); }
-};
-
 void gemm_f32(const GemmArgs& g, int64_t p0, int64_t p1, int64_t m0, int64_t m1) {
-  gemm_blocks<F32Op>(g, p0, p1, m0, m1);
+  gemm_blocks(g, p0, p1, m0, m1, [&]<int MR>(int64_t m, int64_t a, int64_t b) { gemm_f32_rows<MR>(g, m, a, b); });
 }
 void gemm_bf16(const GemmArgs& g, int64_t p0, int64_t p1, int64_t m0, int64_t m1) {
-  gemm_blocks<Bf16Op>(g, p0, p1, m0, m1);
+  gemm_blocks(g, p0, p1, m0, m1, [&]<int MR>(int64_t m, int64_t a, int64_t b) { gemm_bf16_rows<MR>(g, m, a, b); });
 }
 #if defined(__AVX512F__)
 // Decode rows (2 to 4 blocks of kMR rows, one panel at a time as gemm_blocks would): the first
@@ -586,18 +575,11 @@ void gemm_q8_decode(const GemmArgs& g, int64_t p0, int64_t p1, int64_t m0, int64
   const int next_lines = int((4 + n_blocks - 2) / (n_blocks - 1));
   for (int64_t p = p0; p < p1; ++p) {
     const uint8_t* next = p + 1 < p1 ? static_cast<const uint8_t*>(g.w) + (p + 1) * panel_bytes : nullptr;
-    for (int64_t b = 0; b < n_blocks; ++b) {
-      const int64_t m = m0 + b * kMR;
+    for_row_blocks(int(m1 - m0), [&]<int MR>(int r) {
+      const int64_t b = r / kMR;  // the block's index
       const uint8_t* part = b > 0 && next ? next + (b - 1) * g.Kq * next_lines * 64 : nullptr;
-      switch (imin(kMR, m1 - m)) {
-        case kMR: gemm_q8_rows<kMR>(g, m, p, p + 1, part, next_lines); break;
-        case 5: gemm_q8_rows<5>(g, m, p, p + 1, part, next_lines); break;
-        case 4: gemm_q8_rows<4>(g, m, p, p + 1, part, next_lines); break;
-        case 3: gemm_q8_rows<3>(g, m, p, p + 1, part, next_lines); break;
-        case 2: gemm_q8_rows<2>(g, m, p, p + 1, part, next_lines); break;
-        default: gemm_q8_rows<1>(g, m, p, p + 1, part, next_lines); break;
-      }
-    }
+      gemm_q8_rows<MR>(g, m0 + r, p, p + 1, part, next_lines);
+    });
   }
 }
 #endif
@@ -611,7 +593,7 @@ void gemm_q8(const GemmArgs& g, int64_t p0, int64_t p1, int64_t m0, int64_t m1) 
     return;
   }
 #endif
-  gemm_blocks<Q8Op>(g, p0, p1, m0, m1);
+  gemm_blocks(g, p0, p1, m0, m1, [&]<int MR>(int64_t m, int64_t a, int64_t b) { gemm_q8_rows<MR>(g, m, a, b); });
 }
 
 // ---- attention -----------------------------------------------------------------------------------
@@ -950,16 +932,7 @@ void qk_q8_vnni(const int8_t* q, int64_t ldq, int hd, const int32_t* qsum, const
 }
 
 void qk_q8_tile(int rows, const int8_t* q, int64_t ldq, int hd, const int32_t* qsum, const uint8_t* kt, float* sc) {
-  int r = 0;
-  for (; r + kMR <= rows; r += kMR) qk_q8_vnni<kMR>(q + r * ldq, ldq, hd, qsum + r, kt, sc + r * kKeyTile);
-  switch (rows - r) {
-    case 5: qk_q8_vnni<5>(q + r * ldq, ldq, hd, qsum + r, kt, sc + r * kKeyTile); break;
-    case 4: qk_q8_vnni<4>(q + r * ldq, ldq, hd, qsum + r, kt, sc + r * kKeyTile); break;
-    case 3: qk_q8_vnni<3>(q + r * ldq, ldq, hd, qsum + r, kt, sc + r * kKeyTile); break;
-    case 2: qk_q8_vnni<2>(q + r * ldq, ldq, hd, qsum + r, kt, sc + r * kKeyTile); break;
-    case 1: qk_q8_vnni<1>(q + r * ldq, ldq, hd, qsum + r, kt, sc + r * kKeyTile); break;
-    default: break;
-  }
+  for_row_blocks(rows, [&]<int MR>(int r) { qk_q8_vnni<MR>(q + r * ldq, ldq, hd, qsum + r, kt, sc + r * kKeyTile); });
 }
 #endif
 
@@ -1052,16 +1025,7 @@ inline void quantize_weights(const float* sc, int rows, const float* vs, uint8_t
 void pv_q8_tile(int rows, const uint8_t* pq, const float* ps, const int8_t* v, int hd, float* o, int64_t ldo) {
 #if defined(__AVX512F__)
   if (has_vnni() && hd % 16 == 0) {
-    int r = 0;
-    for (; r + kMR <= rows; r += kMR) pv_q8_rows<kMR>(pq + r * kKeyTile, ps + r, v, hd, o + r * ldo, ldo);
-    switch (rows - r) {
-      case 5: pv_q8_rows<5>(pq + r * kKeyTile, ps + r, v, hd, o + r * ldo, ldo); break;
-      case 4: pv_q8_rows<4>(pq + r * kKeyTile, ps + r, v, hd, o + r * ldo, ldo); break;
-      case 3: pv_q8_rows<3>(pq + r * kKeyTile, ps + r, v, hd, o + r * ldo, ldo); break;
-      case 2: pv_q8_rows<2>(pq + r * kKeyTile, ps + r, v, hd, o + r * ldo, ldo); break;
-      case 1: pv_q8_rows<1>(pq + r * kKeyTile, ps + r, v, hd, o + r * ldo, ldo); break;
-      default: break;
-    }
+    for_row_blocks(rows, [&]<int MR>(int r) { pv_q8_rows<MR>(pq + r * kKeyTile, ps + r, v, hd, o + r * ldo, ldo); });
     return;
   }
 #endif
